@@ -1,0 +1,472 @@
+"""U-GAT-IT: Unsupervised Generative Attentional Networks with Adaptive Layer-Instance Normalization
+for Image-to-Image Translation. Junho Kim, Minjae Kim, Hyeonwoo Kang, Kwanghee Lee. ICLR 2020.
+Paper: https://arxiv.org/abs/1907.10830   Official PyTorch code: https://github.com/znxlwm/UGATIT-pytorch
+
+Two generators (A->B, B->A) whose encoder features are re-weighted by a CAM auxiliary classifier
+(attention: where do the domains differ?) and decoded with AdaLIN residual blocks whose gamma and
+beta come from an MLP; four discriminators (global and local per domain), each with its own CAM.
+LSGAN + CAM + cycle + identity losses. Phases: train, test (--input for your own images), eval
+(toy metrics or KID/FID), bench. Ablations: --no_cam, --no_gcam, --no_dcam, --norm.
+
+Deviations from the official PyTorch code (each keeps the paper's math unless it says otherwise):
+ 1. Weights start from N(0, 0.02) as the paper says; the official PyTorch code keeps PyTorch's
+    default init (--init default gives that).
+ 2. Each training step runs every generator forward once: the translations are detached for the D
+    update and reused for the G update (the official step translates twice and back-propagates the
+    D loss through both generators). Same math, about a quarter less work.
+ 3. Networks called twice on equal-shaped inputs are called once on the concatenated batch
+    (translation + identity through each generator; real + fake through each D). Every layer
+    normalises per image, so the outputs are the same; the one difference is that a D's spectral
+    norm makes one power iteration per D update instead of one per call (the official D sees the
+    real and the fake batch under slightly different weight normalisations).
+ 4. D's CAM re-weights its feature maps with the spectral-normalised FC weight (the official code
+    multiplies by the raw `weight_orig`, a tensor the classifier never uses).
+ 5. --n_dis sets the discriminator depth (global n_dis+1 layers, local n_dis-1); the official code
+    ignores the flag and hard-codes 7 and 5, so its global D cannot take images below 96 px.
+ 6. Sampling and testing run under torch.no_grad() in eval mode; D weights need no gradient in the
+    G update.
+ 7. The ablations are our reading of the paper (its code for them was not released): --no_gcam
+    removes G's CAM (no re-weighting, no CAM loss); --no_dcam removes D's CAM (no re-weighting, no
+    CAM logit); --norm replaces the decoder's AdaLIN/ILN by AdaIN/IN (adain), IN, LN or GN with
+    learned affine parameters (in, ln, gn; those variants have no gamma/beta MLP).
+"""
+import argparse
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+import common
+
+SCRIPT = "ugatit"
+ARCH_FLAGS = ("img_size", "light", "ch", "n_res", "n_dis", "no_cam", "no_gcam", "no_dcam", "norm")
+TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2000, sample_every=250, save_every=500,
+                  log_every=50, workers=1)
+
+# =============================================================================================
+# Networks
+# =============================================================================================
+
+
+def instance_layer_mix(x, rho, eps):
+    """rho * IN(x) + (1 - rho) * LN(x), unbiased variances, eps inside the square root (official code)."""
+    in_mean, in_var = x.mean(dim=(2, 3), keepdim=True), x.var(dim=(2, 3), keepdim=True)
+    ln_mean, ln_var = x.mean(dim=(1, 2, 3), keepdim=True), x.var(dim=(1, 2, 3), keepdim=True)
+    x_in = (x - in_mean) / torch.sqrt(in_var + eps)
+    x_ln = (x - ln_mean) / torch.sqrt(ln_var + eps)
+    return rho * x_in + (1 - rho) * x_ln
+
+
+class AdaILN(nn.Module):
+    """AdaLIN (paper Sec. 2.1.1): gamma * (rho * a_I + (1 - rho) * a_L) + beta, gamma and beta from the
+    MLP, rho learned (init 0.9, clipped to [0, 1] after each update). `mix=False` is AdaIN (rho = 1)."""
+
+    def __init__(self, ch, mix=True, eps=1e-5):
+        super().__init__()
+        self.mix, self.eps = mix, eps
+        if mix:
+            self.rho = nn.Parameter(torch.full((1, ch, 1, 1), 0.9))
+
+    def forward(self, x, gamma, beta):
+        if self.mix:
+            x = instance_layer_mix(x, self.rho, self.eps)
+        else:
+            x = (x - x.mean(dim=(2, 3), keepdim=True)) / torch.sqrt(x.var(dim=(2, 3), keepdim=True) + self.eps)
+        return x * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+class ILN(nn.Module):
+    """Layer-Instance Norm of the up-sampling blocks: learned rho (init 0), gamma (1), beta (0)."""
+
+    def __init__(self, ch, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.rho = nn.Parameter(torch.zeros(1, ch, 1, 1))
+        self.gamma = nn.Parameter(torch.ones(1, ch, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, ch, 1, 1))
+
+    def forward(self, x):
+        return instance_layer_mix(x, self.rho, self.eps) * self.gamma + self.beta
+
+
+def decoder_norms(kind, ch):
+    """(residual-block norm, up-sampling norm) for --norm."""
+    if kind == "adalin":
+        return AdaILN(ch), ILN(ch)
+    if kind == "adain":
+        return AdaILN(ch, mix=False), nn.InstanceNorm2d(ch, affine=True)
+    groups = {"in": None, "ln": 1, "gn": min(32, ch)}[kind]
+    make = (lambda c: nn.InstanceNorm2d(c, affine=True)) if groups is None else (lambda c: nn.GroupNorm(groups, c))
+    return make(ch), make(ch)
+
+
+class AdaptiveResBlock(nn.Module):
+    """Decoder residual block: x + norm(conv3(ReLU(norm(conv3(x))))), norms fed by the MLP's gamma, beta."""
+
+    def __init__(self, dim, norm):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv1, self.conv2 = nn.Conv2d(dim, dim, 3, bias=False), nn.Conv2d(dim, dim, 3, bias=False)
+        self.norm1, self.norm2 = decoder_norms(norm, dim)[0], decoder_norms(norm, dim)[0]
+
+    @staticmethod
+    def _norm(layer, x, gamma, beta):
+        return layer(x, gamma, beta) if isinstance(layer, AdaILN) else layer(x)
+
+    def forward(self, x, gamma, beta):
+        out = F.relu(self._norm(self.norm1, self.conv1(self.pad(x)), gamma, beta))
+        return x + self._norm(self.norm2, self.conv2(self.pad(out)), gamma, beta)
+
+
+class Generator(nn.Module):
+    """Encoder -> CAM attention -> AdaLIN decoder. Returns (image, cam_logit, heatmap)."""
+
+    def __init__(self, ch=64, n_res=4, img_size=256, light=False, cam=True, norm="adalin"):
+        super().__init__()
+        self.light, self.cam, self.adaptive = light, cam, norm in ("adalin", "adain")
+        enc = [nn.ReflectionPad2d(3), nn.Conv2d(3, ch, 7, bias=False), nn.InstanceNorm2d(ch), nn.ReLU(True)]
+        for mult in (1, 2):  # two stride-2 convs: ch -> 2ch -> 4ch
+            enc += [nn.ReflectionPad2d(1), nn.Conv2d(ch * mult, ch * mult * 2, 3, 2, bias=False),
+                    nn.InstanceNorm2d(ch * mult * 2), nn.ReLU(True)]
+        dim = ch * 4
+        enc += [common.ResnetBlock(dim, bias=False) for _ in range(n_res)]
+        self.encoder = nn.Sequential(*enc)
+        if cam:
+            # auxiliary classifier eta_s: bias-free logits on the global average and max pooled features
+            self.gap_fc, self.gmp_fc = nn.Linear(dim, 1, bias=False), nn.Linear(dim, 1, bias=False)
+            self.conv1x1 = nn.Conv2d(dim * 2, dim, 1)
+        if self.adaptive:
+            mlp_in = dim if light else (img_size // 4) ** 2 * dim
+            self.mlp = nn.Sequential(nn.Linear(mlp_in, dim, bias=False), nn.ReLU(True),
+                                     nn.Linear(dim, dim, bias=False), nn.ReLU(True))
+            self.gamma, self.beta = nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
+        self.res_blocks = nn.ModuleList([AdaptiveResBlock(dim, norm) for _ in range(n_res)])
+        up = []
+        for mult in (4, 2):
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                   nn.Conv2d(ch * mult, ch * mult // 2, 3, bias=False), decoder_norms(norm, ch * mult // 2)[1],
+                   nn.ReLU(True)]
+        up += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 3, 7, bias=False), nn.Tanh()]
+        self.upsample = nn.Sequential(*up)
+
+    def forward(self, x):
+        x = self.encoder(x)
+        cam_logit = None
+        if self.cam:
+            gap_logit = self.gap_fc(x.mean(dim=(2, 3)))
+            gmp_logit = self.gmp_fc(x.amax(dim=(2, 3)))
+            cam_logit = torch.cat([gap_logit, gmp_logit], dim=1)
+            # attention feature maps a_s(x) = w_s * E_s(x): channels re-weighted by the classifier's weights
+            gap = x * self.gap_fc.weight[:, :, None, None]
+            gmp = x * self.gmp_fc.weight[:, :, None, None]
+            x = F.relu(self.conv1x1(torch.cat([gap, gmp], dim=1)))
+        heatmap = x.sum(dim=1, keepdim=True)
+        gamma = beta = None
+        if self.adaptive:
+            h = self.mlp(x.mean(dim=(2, 3)) if self.light else x.flatten(1))
+            gamma, beta = self.gamma(h), self.beta(h)
+        for block in self.res_blocks:
+            x = block(x, gamma, beta)
+        return self.upsample(x), cam_logit, heatmap
+
+
+class Discriminator(nn.Module):
+    """Spectral-norm PatchGAN with a CAM: n_layers 7 is the global D (286 px receptive field), 5 the
+    local one (70 px). Returns (patch logits, cam_logit, heatmap)."""
+
+    def __init__(self, ch=64, n_layers=7, cam=True, init="normal"):
+        super().__init__()
+        self.cam = cam
+        convs = [nn.Conv2d(3, ch, 4, 2)]
+        convs += [nn.Conv2d(ch * 2 ** (i - 1), ch * 2 ** i, 4, 2) for i in range(1, n_layers - 2)]
+        convs += [nn.Conv2d(ch * 2 ** (n_layers - 3), ch * 2 ** (n_layers - 2), 4, 1)]
+        dim = ch * 2 ** (n_layers - 2)
+        sn_layers = list(convs)
+        if cam:
+            self.gap_fc, self.gmp_fc = nn.Linear(dim, 1, bias=False), nn.Linear(dim, 1, bias=False)
+            self.conv1x1 = nn.Conv2d(dim * 2, dim, 1)
+            sn_layers += [self.gap_fc, self.gmp_fc]
+        self.classifier = nn.Conv2d(dim, 1, 4, bias=False)
+        sn_layers.append(self.classifier)
+        self.trunk = nn.Sequential(*[m for conv in convs for m in (nn.ReflectionPad2d(1), conv, nn.LeakyReLU(0.2, True))])
+        self.pad = nn.ReflectionPad2d(1)
+        if init == "normal":
+            common.init_normal(self)
+        for layer in sn_layers:  # after the init, so the power iteration starts from the final weights
+            spectral_norm(layer)
+
+    def forward(self, x):
+        x = self.trunk(x)
+        cam_logit = None
+        if self.cam:
+            w_gap, w_gmp = self.gap_fc.weight, self.gmp_fc.weight  # spectral-normalised (deviation 4)
+            cam_logit = torch.cat([F.linear(x.mean(dim=(2, 3)), w_gap), F.linear(x.amax(dim=(2, 3)), w_gmp)], dim=1)
+            x = torch.cat([x * w_gap[:, :, None, None], x * w_gmp[:, :, None, None]], dim=1)
+            x = F.leaky_relu(self.conv1x1(x), 0.2)
+        heatmap = x.sum(dim=1, keepdim=True)
+        return self.classifier(self.pad(x)), cam_logit, heatmap
+
+
+def check_img_size(args):
+    """Exit 2 on an image size the networks cannot take."""
+    def d_out(n_layers):
+        s = args.img_size
+        for _ in range(n_layers - 2):
+            s //= 2
+        return s - 1  # size after the stride-1 trunk conv; the classifier's reflect pad needs >= 2
+    global_layers, local_layers = args.n_dis + 1, args.n_dis - 1
+    if args.n_dis < 3:
+        raise common.UserError(f"--n_dis {args.n_dis} is too shallow; use 3 or more (paper: 6).")
+    if args.img_size % 4 or args.img_size < 16:
+        raise common.UserError(f"--img_size {args.img_size} does not work: the generator halves the image twice "
+                               f"and doubles it back, so it must be a multiple of 4 and at least 16.")
+    if d_out(global_layers) < 2:
+        smallest = 3 * 2 ** (global_layers - 2)
+        raise common.UserError(f"--img_size {args.img_size} is too small for --n_dis {args.n_dis}: the global "
+                               f"discriminator ({global_layers} layers) needs at least {smallest} px. Use a larger "
+                               f"image or a smaller --n_dis (the toy preset uses 64 px with --n_dis 4).")
+    assert d_out(local_layers) >= 2
+
+
+def build_networks(args):
+    nets = {
+        "gen_a2b": Generator(args.ch, args.n_res, args.img_size, args.light, cam=not (args.no_cam or args.no_gcam), norm=args.norm),
+        "gen_b2a": Generator(args.ch, args.n_res, args.img_size, args.light, cam=not (args.no_cam or args.no_gcam), norm=args.norm),
+    }
+    d_cam = not (args.no_cam or args.no_dcam)
+    for domain in "ab":
+        nets[f"disc_global_{domain}"] = Discriminator(args.ch, args.n_dis + 1, d_cam, args.init)
+        nets[f"disc_local_{domain}"] = Discriminator(args.ch, args.n_dis - 1, d_cam, args.init)
+    if args.init == "normal":
+        common.init_normal(nets["gen_a2b"])
+        common.init_normal(nets["gen_b2a"])
+    return nets
+
+
+def clip_rho(gen):
+    """rho <- clip_[0,1](rho) after every update (paper Sec. 2.1.1)."""
+    for m in gen.modules():
+        if isinstance(getattr(m, "rho", None), nn.Parameter):
+            m.rho.data.clamp_(0, 1)
+
+
+# =============================================================================================
+# Losses
+# =============================================================================================
+
+
+def lsgan(x, target):
+    """Least-squares GAN term: mean (x - target)^2."""
+    return F.mse_loss(x, torch.full_like(x, target))
+
+
+def bce(logit, target):
+    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
+
+
+# =============================================================================================
+# The training step
+# =============================================================================================
+
+
+def make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device, dist_):
+    """Returns step(step) -> losses. `run` holds the (possibly compiled) callables of `nets`."""
+    gens = [nets["gen_a2b"], nets["gen_b2a"]]
+    discs = [nets[k] for k in nets if k.startswith("disc")]
+    gen_a2b, gen_b2a = run["gen_a2b"], run["gen_b2a"]
+    disc_pairs_a = [run["disc_global_a"], run["disc_local_a"]]  # judge domain A: real A vs B->A
+    disc_pairs_b = [run["disc_global_b"], run["disc_local_b"]]  # judge domain B: real B vs A->B
+    use_gcam, use_dcam = not (args.no_cam or args.no_gcam), not (args.no_cam or args.no_dcam)
+
+    def step(it):
+        lr = common.linear_decay(it, args.lr, args.iters, args.iters // 2 if args.decay else args.iters)
+        common.set_lr([opt_g, opt_d], lr)
+        real_a, real_b = next(batches_a), next(batches_b)
+        n = real_a.shape[0]
+        with common.autocast(args, device):
+            # One forward per generator: its translation and its identity mapping (deviations 2, 3).
+            out_a2b, cam_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
+            out_b2a, cam_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
+        fake_a2b, fake_b2b = out_a2b[:n], out_a2b[n:]
+        fake_b2a, fake_a2a = out_b2a[:n], out_b2a[n:]
+
+        # ---------------- Discriminator update ----------------
+        for d in discs:
+            d.requires_grad_(True)
+        with common.autocast(args, device):
+            d_adv, d_cam = 0.0, 0.0
+            for disc_list, real, fake in ((disc_pairs_a, real_a, fake_b2a), (disc_pairs_b, real_b, fake_a2b)):
+                for disc in disc_list:
+                    logit, cam_logit, _ = disc(torch.cat([real, fake.detach()]))
+                    # L_gan^{D_t} (Sec. 2.2, LSGAN): E_{x~X_t}[(D_t(x) - 1)^2] + E_{x~X_s}[D_t(G_{s->t}(x))^2]
+                    d_adv = d_adv + lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0)
+                    if use_dcam:
+                        # L_cam^{D_t} (Sec. 2.2): the same LSGAN on D's auxiliary classifier eta_{D_t}
+                        d_cam = d_cam + lsgan(cam_logit[:n], 1.0) + lsgan(cam_logit[n:], 0.0)
+            d_loss = args.adv_weight * (d_adv + d_cam)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        dist_.average_gradients(discs)
+        opt_d.step()
+
+        # ---------------- Generator update ----------------
+        for d in discs:
+            d.requires_grad_(False)
+        with common.autocast(args, device):
+            rec_a, _, _ = gen_b2a(fake_a2b)
+            rec_b, _, _ = gen_a2b(fake_b2a)
+            g_adv, g_cam_adv = 0.0, 0.0
+            for disc_list, fake in ((disc_pairs_a, fake_b2a), (disc_pairs_b, fake_a2b)):
+                for disc in disc_list:
+                    logit, cam_logit, _ = disc(fake)
+                    # L_gan^{s->t} (Sec. 2.2, LSGAN, G side): E_{x~X_s}[(D_t(G_{s->t}(x)) - 1)^2]
+                    g_adv = g_adv + lsgan(logit, 1.0)
+                    if use_dcam:
+                        g_cam_adv = g_cam_adv + lsgan(cam_logit, 1.0)
+            # L_cycle^{s->t} (Sec. 2.2): E_{x~X_s} |x - G_{t->s}(G_{s->t}(x))|_1
+            g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+            # L_identity^{s->t} (Sec. 2.2): E_{x~X_t} |x - G_{s->t}(x)|_1
+            g_identity = F.l1_loss(fake_a2a, real_a) + F.l1_loss(fake_b2b, real_b)
+            g_cam = torch.zeros((), device=device)
+            if use_gcam:
+                # L_cam^{s->t} (Sec. 2.2): -(E_{x~X_s}[log eta_s(x)] + E_{x~X_t}[log(1 - eta_s(x))]);
+                # G_{s->t}'s classifier says 1 on its source domain, 0 on target images (identity path)
+                g_cam = (bce(cam_a2b[:n], 1.0) + bce(cam_a2b[n:], 0.0)
+                         + bce(cam_b2a[:n], 1.0) + bce(cam_b2a[n:], 0.0))
+            # lambda_1 L_gan + lambda_2 L_cycle + lambda_3 L_identity + lambda_4 L_cam (Sec. 2.2, full objective)
+            g_loss = (args.adv_weight * (g_adv + g_cam_adv) + args.cycle_weight * g_cycle
+                      + args.identity_weight * g_identity + args.cam_weight * g_cam)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        dist_.average_gradients(gens)
+        opt_g.step()
+        for gen in gens:
+            clip_rho(gen)
+        losses = {"d_loss": d_loss, "g_adv": torch.as_tensor(g_adv + g_cam_adv), "g_cycle": g_cycle,
+                  "g_identity": g_identity, "g_cam": g_cam, "g_loss": g_loss, "lr": lr}
+        return losses
+
+    return step
+
+
+# =============================================================================================
+# Phases
+# =============================================================================================
+
+
+@torch.no_grad()
+def translate(run, x, direction):
+    """(output, attention heatmap) for a batch in eval mode; direction 'a2b' or 'b2a'."""
+    out, _, heatmap = run[f"gen_{direction}"](x)
+    return out.float(), heatmap.float()
+
+
+@torch.no_grad()
+def sample_grid(args, nets, run, path, real_a, real_b):
+    """Per row: real, heatmap(identity), identity, heatmap(translation), translation,
+    heatmap(cycle), cycle; A->B rows first, then B->A rows (the official sample layout)."""
+    for net in nets.values():
+        net.eval()
+    rows = []
+    for real, fwd, back in ((real_a, "a2b", "b2a"), (real_b, "b2a", "a2b")):
+        same, same_map = translate(run, real, back)     # the generator into the real image's own domain
+        fake, fake_map = translate(run, real, fwd)
+        cyc, cyc_map = translate(run, fake, back)
+        rows.append([real, common.heat_overlay(same_map, real), same, common.heat_overlay(fake_map, real), fake,
+                     common.heat_overlay(cyc_map, fake), cyc])
+    common.save_grid(path, [torch.cat(col) for col in zip(*rows)])
+    for net in nets.values():
+        net.train()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="U-GAT-IT (Kim et al., ICLR 2020): attention-guided unpaired image-to-image translation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
+               "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
+    common.add_common_flags(parser, SCRIPT)
+    add = parser.add_argument
+    add("--light", action=argparse.BooleanOptionalAction, default=False,
+        help="U-GAT-IT-light: the gamma/beta MLP reads globally pooled features (10.6M instead of 279M G parameters)")
+    add("--ch", type=int, default=64, help="base channel count of G and D")
+    add("--n_res", type=int, default=4, help="residual blocks in the encoder and in the decoder")
+    add("--n_dis", type=int, default=6, help="D depth: the global D has n_dis+1 layers, the local one n_dis-1")
+    add("--adv_weight", type=float, default=1.0, help="lambda_1, adversarial (LSGAN) weight")
+    add("--cycle_weight", type=float, default=10.0, help="lambda_2, cycle-consistency weight")
+    add("--identity_weight", type=float, default=10.0, help="lambda_3, identity weight")
+    add("--cam_weight", type=float, default=1000.0, help="lambda_4, generator CAM loss weight")
+    add("--weight_decay", type=float, default=1e-4, help="Adam weight decay (official code)")
+    add("--decay", action=argparse.BooleanOptionalAction, default=True,
+        help="decay the learning rate linearly to 0 over the second half of --iters")
+    add("--norm", default="adalin", choices=["adalin", "adain", "in", "ln", "gn"],
+        help="decoder normalisation (paper's ablation: AdaLIN vs AdaIN, IN, LN, GN)")
+    add("--no_cam", action="store_true", help="ablation: no CAM anywhere (G and D)")
+    add("--no_gcam", action="store_true", help="ablation: no CAM in the generators")
+    add("--no_dcam", action="store_true", help="ablation: no CAM in the discriminators")
+    add("--init", default="normal", choices=["normal", "default"],
+        help="N(0, 0.02) init (paper) or PyTorch's default (official PyTorch code)")
+    add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
+    check_img_size(args)
+
+    dist_ = common.Dist("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        common.to_device(net, device)
+    run = {k: common.maybe_compile(v, args) for k, v in nets.items()}
+
+    if args.phase in ("test", "eval"):
+        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        for net in nets.values():
+            net.eval()
+        fn = lambda x, direction: translate(run, x, direction)
+        if args.phase == "test":
+            common.two_domain_test(args, fn, device)
+        else:
+            common.two_domain_eval(args, fn, device)
+        return
+
+    gens = [nets["gen_a2b"], nets["gen_b2a"]]
+    discs = [nets[k] for k in nets if k.startswith("disc")]
+    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
+    opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    start_step, elapsed = 0, 0.0
+    if args.phase == "train":
+        common.prepare_out(args, dist_)
+        if args.resume:
+            state = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+            start_step, elapsed = state["step"], state["extra"].get("elapsed", 0.0)
+    dist_.broadcast(nets.values())
+    train_a, train_b = common.two_domain_train_sets(args)
+    batches_a = common.train_batches(train_a, args, device, dist_, start_step)
+    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    step = make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device, dist_)
+    if args.phase == "bench":
+        common.bench(args, device, step)
+        return
+
+    # fixed sample images: the first training images of each domain (test split of toy)
+    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
+    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
+
+    def save(it, seconds):
+        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, {"elapsed": seconds})
+
+    def sample(it):
+        sample_grid(args, nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b)
+
+    last = common.train_loop(args, dist_, step, save, sample, start_step, elapsed)
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {SCRIPT}.py --out {args.out} --phase eval")
+    dist_.close()
+
+
+if __name__ == "__main__":
+    common.cli(main)
