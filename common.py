@@ -6,7 +6,7 @@ judge); building blocks shared by several papers; checkpoint; pictures; the trai
 metrics; the two-domain test and eval phases used by ugatit.py, attentiongan.py and uag.py.
 """
 import argparse
-import contextlib
+import colorsys
 import csv
 import hashlib
 import json
@@ -14,7 +14,6 @@ import math
 import os
 import random
 import resource
-import shutil
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from torchvision.models import inception as tv_inception
 from tqdm import tqdm
 
 CKPT_VERSION = 1
@@ -487,7 +487,361 @@ def download_dataset(name, data_root, url=None):
     return target
 
 
-# ---- toy datasets (inserted) ----
+# ---------------------------------------------------------------------------------------------
+# Embedded toy datasets (SPEC §2) and the toy judge (SPEC §3)
+#
+# Three procedural datasets, deterministic by seed, any image size S >= 16, no files. Every sample
+# comes with its ground-truth masks, which is what makes attention measurable on toy data.
+# Geometry is in pixel units: x runs to the right, y downwards, pixel (row i, column j) has its
+# centre at (x, y) = (j + 0.5, i + 0.5). Colours are built in [0, 1] and returned in [-1, 1].
+# ---------------------------------------------------------------------------------------------
+TOY_NAMES = ("toy", "toy-shape", "toy-attr")
+TOY_ATTRS = {
+    "color": ["red", "green", "blue", "yellow", "white"],
+    "sleeve": ["sleeveless", "short", "long"],
+    "size": ["small", "large"],
+    "bg": ["plain", "textured"],
+}
+TOY_SPLIT_SIZES = {"train": 2000, "test": 200}  # per domain for toy/toy-shape, total for toy-attr
+
+# Shirt base colours (toy-attr), far from the muted grey-ish backgrounds.
+_TOY_SHIRT_RGB = {
+    "red": (0.85, 0.15, 0.15),
+    "green": (0.2, 0.7, 0.25),
+    "blue": (0.15, 0.3, 0.85),
+    "yellow": (0.9, 0.8, 0.15),
+    "white": (0.93, 0.93, 0.93),
+}
+
+
+def _toy_check(name, split, size, domain):
+    if name not in TOY_NAMES:
+        raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_NAMES}")
+    if split not in TOY_SPLIT_SIZES:
+        raise ValueError(f"unknown split {split!r}; choose one of {tuple(TOY_SPLIT_SIZES)}")
+    if int(size) < 16:
+        raise ValueError(f"toy images need a size of at least 16 px, got {size}")
+    if name == "toy-attr" and domain is not None:
+        raise ValueError("toy-attr has no domains (it has attributes): pass domain=None")
+    if name != "toy-attr" and domain not in ("A", "B"):
+        raise ValueError(f"{name} needs domain='A' or domain='B', got {domain!r}")
+
+
+def _toy_rng(name, split, index, domain, seed):
+    # A stable seed from small integer ids (Python's hash() is salted per process).
+    domain_id = {"A": 0, "B": 1, None: 2}[domain]
+    ids = [seed, TOY_NAMES.index(name), list(TOY_SPLIT_SIZES).index(split), domain_id, index]
+    return np.random.default_rng(ids)
+
+
+def _toy_upsample(grid, size, mode):
+    """(3, n, n) numpy colours -> (3, size, size), interpolated smoothly and clamped to [0, 1]."""
+    t = torch.from_numpy(grid.astype(np.float32))[None]
+    up = F.interpolate(t, size=(size, size), mode=mode, align_corners=False)[0]
+    return up.clamp_(0, 1).numpy()
+
+
+def _toy_noise_background(rng, size, mean, spread):
+    """Low-frequency colour noise: a 4x4 grid of colours (mean +- spread per channel), bicubic."""
+    grid = np.asarray(mean)[:, None, None] + rng.uniform(-spread, spread, (3, 4, 4))
+    return _toy_upsample(grid, size, "bicubic")
+
+
+def _toy_grass(rng, size):
+    """toy/toy-shape background: "grass", a green-brown palette with low-frequency variation. Its
+    mean colour varies little between images on purpose: generators built on instance norm cannot
+    recover an image's mean colour, so a wide palette would cap their background PSNR."""
+    mean = np.array([0.38, 0.55, 0.25]) + rng.uniform(-0.07, 0.07) + rng.uniform(-0.04, 0.04, 3)
+    return _toy_noise_background(rng, size, mean, spread=0.1)
+
+
+def _toy_object_colour(rng):
+    """A clearly coloured object; value <= 0.75 so that shading by +30% never clips (the image
+    then stays exactly proportional to this colour)."""
+    hue = rng.uniform(0.47, 1.17) % 1.0  # any hue but the greens of the grass
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75))
+    return np.array(rgb, dtype=np.float32)
+
+
+def _toy_shaded(rng, colour, xx, yy, cx, cy, radius):
+    """colour x brightness varying linearly by +-30% across an object of this radius along a
+    random light direction: (3, S, S)."""
+    phi = rng.uniform(0, 2 * np.pi)
+    t = ((xx - cx) * np.cos(phi) + (yy - cy) * np.sin(phi)) / radius
+    return colour[:, None, None] * (1 + 0.3 * np.clip(t, -1, 1))[None]
+
+
+def _toy_ellipse(rng, domain, xx, yy, size):
+    """toy: one rotated ellipse, shaded colour (A) or black-and-white stripes (B)."""
+    a, b = rng.uniform(0.12, 0.3, 2) * size  # semi-axes
+    theta = rng.uniform(0, np.pi)
+    c, s = np.cos(theta), np.sin(theta)
+    # Half-extents of the rotated ellipse's bounding box; the centre keeps it inside the image.
+    ex, ey = np.hypot(a * c, b * s), np.hypot(a * s, b * c)
+    cx, cy = rng.uniform(ex, size - ex), rng.uniform(ey, size - ey)
+    u = (xx - cx) * c + (yy - cy) * s  # coordinates along the ellipse's own axes
+    v = -(xx - cx) * s + (yy - cy) * c
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+    if domain == "A":
+        obj = _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, max(a, b))
+    else:
+        angle = rng.uniform(0, np.pi)
+        period = max(4.0, rng.uniform(0.1, 0.2) * size)
+        # Position across the stripes in periods; first half of each period white, second black.
+        t = (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform()
+        obj = np.broadcast_to(((t % 1) < 0.5).astype(np.float32), (3, size, size))
+    return mask, obj
+
+
+def _toy_disc_or_square(rng, domain, xx, yy, size):
+    """toy-shape: a disc of radius r (A) or an axis-aligned square of the same area, side
+    r*sqrt(pi) (B), centred at (cx, cy).
+
+    GT mask (both domains) = the square of side 2r around the centre: the bounding box of the
+    union of the object and its equal-area counterpart (the disc's box contains the square,
+    whose half side 0.886r < r). A correct disc <-> square translation therefore stays inside the
+    mask in both directions; outside it the image is pure background."""
+    r = rng.uniform(0.15, 0.27) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    dx, dy = np.abs(xx - cx), np.abs(yy - cy)
+    mask = (dx <= r) & (dy <= r)
+    if domain == "A":
+        shape = dx**2 + dy**2 <= r**2
+    else:
+        half_side = r * np.sqrt(np.pi) / 2
+        shape = (dx <= half_side) & (dy <= half_side)
+    obj = _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, r)
+    return mask, shape, obj
+
+
+def _toy_shirt(rng, labels, xx, yy, size):
+    """toy-attr: a shirt (trapezoid torso with a round neckline + two sleeves) on a muted
+    background. Returns background, image, and the masks shirt / torso / sleeves (long extent)."""
+    colour_id, sleeve_id, size_id, bg_id = labels
+    # Background: a muted, mid-grey-ish colour; plain, or low- plus higher-frequency noise.
+    mean = rng.uniform(0.3, 0.55) + rng.uniform(-0.05, 0.05, 3)
+    if bg_id == 0:
+        background = np.broadcast_to(mean[:, None, None], (3, size, size)).astype(np.float32)
+    else:
+        fine = rng.uniform(-0.12, 0.12, (3, max(4, size // 3), max(4, size // 3)))  # ~3 px cells
+        fine = F.interpolate(torch.from_numpy(fine.astype(np.float32))[None], size=(size, size),
+                             mode="bilinear", align_corners=False)[0].numpy()
+        background = np.clip(_toy_noise_background(rng, size, mean, 0.08) + fine, 0, 1)
+
+    # Torso: height h, shoulder width 0.62h, hem width 0.56h, top edge (shoulder line) at y0.
+    h = (rng.uniform(0.56, 0.62) if size_id == 1 else rng.uniform(0.38, 0.42)) * size
+    top_w, hem_w = 0.62 * h, 0.56 * h
+    # Sleeves: rectangles of width sw hanging from the shoulder corners, tilted outwards by alpha
+    # from the vertical. Long sleeves are 0.8h long, short ones the first 35% of that.
+    alpha = rng.uniform(0.17, 0.3)
+    sw, long_len = 0.2 * h, 0.8 * h
+    # Place the shirt (with long sleeves: the largest extent) fully inside the image.
+    half_w = top_w / 2 + long_len * np.sin(alpha) + sw * np.cos(alpha)
+    rise = sw * np.sin(alpha)  # the sleeves' outer top corners stick up above the shoulder line
+    cx = rng.uniform(half_w, size - half_w)
+    y0 = rng.uniform(rise, size - h)
+
+    t = (yy - y0) / h  # 0 at the shoulders, 1 at the hem
+    torso = (t >= 0) & (t <= 1) & (np.abs(xx - cx) <= (top_w + (hem_w - top_w) * t) / 2)
+    torso &= (xx - cx) ** 2 + (yy - y0) ** 2 > (0.12 * h) ** 2  # neckline
+    sleeves_long = np.zeros_like(torso)
+    sleeves_drawn = np.zeros_like(torso)
+    drawn_len = (0.0, 0.35 * long_len, long_len)[sleeve_id]
+    for side in (-1, 1):
+        # Sleeve frame: origin at the shoulder corner, `along` down the sleeve (tilted outwards),
+        # `across` perpendicular to it, pointing away from the torso. The torso side slopes inwards
+        # below the corner, so sleeves and torso do not overlap.
+        px = xx - (cx + side * top_w / 2)
+        py = yy - y0
+        along = px * side * np.sin(alpha) + py * np.cos(alpha)
+        across = px * side * np.cos(alpha) - py * np.sin(alpha)
+        band = (across >= 0) & (across <= sw) & (along >= 0)
+        sleeves_long |= band & (along <= long_len)
+        sleeves_drawn |= band & (along <= drawn_len)
+    shirt = torso | sleeves_drawn
+
+    name = TOY_ATTRS["color"][colour_id]
+    colour = np.array(_TOY_SHIRT_RGB[name]) + rng.uniform(-0.04, 0.04, 3)
+    shade = 1.08 - 0.2 * np.clip(t, 0, 1) - 0.08 * sleeves_drawn  # lit from above, sleeves darker
+    obj = np.clip(colour[:, None, None] * shade[None], 0, 1)
+    image = np.where(shirt[None], obj, background)
+    return background, image, shirt, torso, sleeves_long
+
+
+def toy_render(name, split, index, size, domain=None, seed=0):
+    """Render sample `index` of a toy dataset at `size` px.
+
+    Returns float32 tensors: image and background (3, S, S) in [-1, 1], mask (1, S, S) in {0, 1};
+    toy-attr adds mask_torso, mask_sleeves and labels (LongTensor of 4 value indices, TOY_ATTRS
+    order). `domain` is 'A' or 'B' for toy/toy-shape and None for toy-attr."""
+    _toy_check(name, split, size, domain)
+    size = int(size)
+    rng = _toy_rng(name, split, int(index), domain, int(seed))
+    c = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
+    xx, yy = np.meshgrid(c, c)
+    out = {}
+    if name == "toy-attr":
+        labels = [int(rng.integers(len(values))) for values in TOY_ATTRS.values()]
+        background, image, mask, torso, sleeves = _toy_shirt(rng, labels, xx, yy, size)
+        out["mask_torso"] = torch.from_numpy(torso[None].astype(np.float32))
+        out["mask_sleeves"] = torch.from_numpy(sleeves[None].astype(np.float32))
+        out["labels"] = torch.tensor(labels, dtype=torch.long)
+    else:
+        background = _toy_grass(rng, size)
+        if name == "toy":
+            mask, obj = _toy_ellipse(rng, domain, xx, yy, size)
+            image = np.where(mask[None], obj, background)
+        else:
+            mask, shape, obj = _toy_disc_or_square(rng, domain, xx, yy, size)
+            image = np.where(shape[None], obj, background)
+    out["image"] = torch.from_numpy(np.asarray(image, dtype=np.float32) * 2 - 1)
+    out["background"] = torch.from_numpy(np.asarray(background, dtype=np.float32) * 2 - 1)
+    out["mask"] = torch.from_numpy(mask[None].astype(np.float32))
+    return out
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """One split (and, for toy/toy-shape, one domain) of a toy dataset, rendered on the fly.
+    Items are toy_render's dicts without the background."""
+
+    def __init__(self, name, split, size, domain=None, seed=0):
+        _toy_check(name, split, size, domain)
+        self.name, self.split, self.size, self.domain, self.seed = name, split, size, domain, seed
+
+    def __len__(self):
+        return TOY_SPLIT_SIZES[self.split]
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        item = toy_render(self.name, self.split, i, self.size, self.domain, self.seed)
+        del item["background"]
+        return item
+
+
+class ToyJudge(nn.Module):
+    """Small CNN that classifies toy images: the domain (A=0, B=1) for toy/toy-shape, one head per
+    attribute group for toy-attr. Its 64-d pooled features are the feature space of toy-KID."""
+
+    def __init__(self, name):
+        super().__init__()
+        if name not in TOY_NAMES:
+            raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_NAMES}")
+        self.head_sizes = tuple(len(v) for v in TOY_ATTRS.values()) if name == "toy-attr" else (2,)
+        # Four blocks conv3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool (S -> S/16). Stride-1
+        # convolutions with max-pooling see the thin sleeves and the disc/square corners far more
+        # easily than strided ones, and BatchNorm makes training take a few hundred steps.
+        layers, channels = [], [3, 16, 32, 64, 64]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(64, k) for k in self.head_sizes)
+
+    def features(self, x):
+        """(N, 3, S, S) in [-1, 1] -> (N, 64) pooled features, L2-normalised to norm sqrt(64): KID's
+        kernel (x.y/d + 1)^3 then stays in [0, 8] even for images far from the training data."""
+        return F.normalize(self.body(x).mean(dim=(2, 3)), dim=1) * 8.0
+
+    def forward(self, x):
+        """-> a list of logits tensors, one per head (on the unnormalised pooled features)."""
+        feats = self.body(x).mean(dim=(2, 3))
+        return [head(feats) for head in self.heads]
+
+
+# Training steps (batch 64) that reach >= 98% test accuracy at 64 px and >= 95% at 32 px.
+_TOY_JUDGE_STEPS = {"toy": 200, "toy-shape": 300, "toy-attr": 500}
+
+
+def _toy_judge_data(name, split, size, seed):
+    """The whole split as tensors: images (N, 3, S, S) and targets (N, heads)."""
+    if name == "toy-attr":
+        items = [toy_render(name, split, i, size, None, seed) for i in range(TOY_SPLIT_SIZES[split])]
+        targets = torch.stack([item["labels"] for item in items])
+    else:
+        items = [toy_render(name, split, i, size, domain, seed)
+                 for domain in "AB" for i in range(TOY_SPLIT_SIZES[split])]
+        targets = torch.arange(2).repeat_interleave(TOY_SPLIT_SIZES[split])[:, None]
+    return torch.stack([item["image"] for item in items]), targets
+
+
+def _toy_augment(x, name, gen):
+    """Random flips, light blur, brightness jitter and noise, so that the judge also reads
+    slightly imperfect generated images."""
+    n = x.shape[0]
+    coin = lambda p: (torch.rand(n, 1, 1, 1, generator=gen) < p)  # noqa: E731
+    x = torch.where(coin(0.5), x.flip(3), x)
+    if name != "toy-attr":  # shirts hang downwards; ellipses, discs and squares have no up
+        x = torch.where(coin(0.5), x.flip(2), x)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (torch.outer(k, k) / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    x = torch.where(coin(0.3), blurred, x)
+    gain = 1 + 0.1 * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)  # brightness +-10%
+    x = (x + 1) * gain - 1 + 0.02 * torch.randn(x.shape, generator=gen)
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def _toy_judge_test_accuracy(judge, name, size, seed=0, device="cpu"):
+    """Accuracy on the real test split: per direction (toy/toy-shape) or per attribute (toy-attr),
+    and their mean."""
+    x, y = _toy_judge_data(name, "test", size, seed)
+    judge.eval()
+    preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
+                                         for xb in x.split(256)])]
+    if name == "toy-attr":
+        per = {group: (p == y[:, k]).float().mean().item()
+               for k, (group, p) in enumerate(zip(TOY_ATTRS, preds))}
+    else:
+        correct = (preds[0] == y[:, 0]).float()
+        per = {f"{d}->{d}": correct[y[:, 0] == k].mean().item() for k, d in enumerate("AB")}
+    return sum(per.values()) / len(per), per
+
+
+def train_toy_judge(name, size, seed=0, steps=None, device="cpu", batch_size=64):
+    """Train the judge on the toy train split (cross-entropy, Adam 1e-3).
+    Returns (judge in eval mode, mean test accuracy); per-head accuracies in judge.test_accuracies."""
+    steps = _TOY_JUDGE_STEPS[name] if steps is None else steps
+    x, y = _toy_judge_data(name, "train", size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(seed)
+        judge = ToyJudge(name).to(device)
+    opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    judge.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch_size,), generator=gen)
+        xb, yb = _toy_augment(x[idx], name, gen).to(device), y[idx].to(device)
+        loss = sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    accuracy, judge.test_accuracies = _toy_judge_test_accuracy(judge, name, size, seed, device)
+    return judge.eval(), accuracy
+
+
+def load_toy_judge(name, size, data_root, device="cpu", seed=0):
+    """The judge for this toy dataset and size, trained once and cached under
+    <data_root>/.toy_judge/. Returns (judge in eval mode, mean test accuracy)."""
+    tag = "" if seed == 0 else f"_seed{seed}"
+    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px{tag}_v1.pt")
+    if os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        judge = ToyJudge(name)
+        judge.load_state_dict(saved["state_dict"])
+        judge.test_accuracies = saved["accuracies"]
+        accuracy = saved["accuracy"]
+    else:
+        print(f"training the toy judge for {name} at {size} px once; cached in {path}")
+        judge, accuracy = train_toy_judge(name, size, seed=seed, device=device)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state = {k: v.cpu() for k, v in judge.state_dict().items()}
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"state_dict": state, "accuracy": accuracy,
+                    "accuracies": judge.test_accuracies}, tmp)
+        os.replace(tmp, path)
+    return judge.to(device).eval(), accuracy
 
 # =============================================================================================
 # Building blocks shared by several papers
@@ -826,7 +1180,243 @@ def bench(args, device, step_fn, warmup=3, steps=10):
     return result
 
 
-# ---- metrics (inserted) ----
+# =============================================================================================
+# Metrics: KID and FID on (injectable) features, the FID Inception, toy metrics
+# =============================================================================================
+def _as_float64(features):
+    """(N, D) tensor or array-like -> float64 numpy array."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().double().numpy()
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"features must have shape (N, D), got {features.shape}")
+    return features
+
+
+def polynomial_kernel(x, y):
+    """KID's kernel k(x, y) = (x.y / d + 1)^3 for every pair of rows (Binkowski et al. 2018), float64."""
+    x, y = _as_float64(x), _as_float64(y)
+    base = x @ y.T / x.shape[1] + 1.0
+    return base * base * base  # = base ** 3, which numpy computes ten times slower
+
+
+def mmd2_unbiased(x, y):
+    """Unbiased MMD^2 = mean_{i!=j} k(x_i,x_j) + mean_{i!=j} k(y_i,y_j) - 2 mean_{i,j} k(x_i,y_j)."""
+    x, y = _as_float64(x), _as_float64(y)
+    m, n = len(x), len(y)
+    if m < 2 or n < 2:
+        raise ValueError(f"the unbiased MMD needs at least 2 samples per set, got {m} and {n}")
+    k_xx, k_yy = polynomial_kernel(x, x), polynomial_kernel(y, y)
+    term_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    term_yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(term_xx + term_yy - 2.0 * polynomial_kernel(x, y).mean())
+
+
+def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=0):
+    """KID as torch-fidelity / clean-fid compute it: mean and std (ddof 0) of the unbiased MMD^2
+    over `n_subsets` random subsets of m = min(N_real, N_fake, subset_size) rows of each set, drawn
+    without replacement (fake rows first, then real rows, from np.random.RandomState(seed))."""
+    real, fake = _as_float64(real), _as_float64(fake)
+    m = min(len(real), len(fake), subset_size)
+    rng = np.random.RandomState(seed)
+    estimates = []
+    for _ in range(n_subsets):
+        fake_rows = fake[rng.choice(len(fake), m, replace=False)]
+        real_rows = real[rng.choice(len(real), m, replace=False)]
+        estimates.append(mmd2_unbiased(real_rows, fake_rows))
+    return float(np.mean(estimates)), float(np.std(estimates))
+
+
+def _block_sizes(n, n_blocks):
+    """TF-GAN's split of n rows into n_blocks contiguous blocks: floor sizes first, the last n % n_blocks get one more."""
+    small, n_plus_one = divmod(n, n_blocks)
+    return [small] * (n_blocks - n_plus_one) + [small + 1] * n_plus_one
+
+
+def kid_blocks(real, fake, max_block_size=10):
+    """KID as U-GAT-IT reports it (TF-GAN's kernel_classifier_distance_and_std_from_activations):
+    both sets are cut into ceil(max(N_real, N_fake) / max_block_size) contiguous blocks, one unbiased
+    MMD^2 per block pair; returns (mean, standard error = sqrt(var_ddof1 / n_blocks)), nan for one block."""
+    real, fake = _as_float64(real), _as_float64(fake)
+    n_blocks = math.ceil(max(len(real), len(fake)) / max_block_size)
+    ends_real = np.cumsum([0] + _block_sizes(len(real), n_blocks))
+    ends_fake = np.cumsum([0] + _block_sizes(len(fake), n_blocks))
+    estimates = np.array([mmd2_unbiased(real[ends_real[i]:ends_real[i + 1]], fake[ends_fake[i]:ends_fake[i + 1]])
+                          for i in range(n_blocks)])
+    if n_blocks == 1:
+        return float(estimates[0]), float("nan")
+    return float(estimates.mean()), float(math.sqrt(estimates.var(ddof=1) / n_blocks))
+
+
+def _trace_sqrtm_product(cov1, cov2):
+    """trace(sqrtm(cov1 @ cov2)) for symmetric PSD matrices: cov1 @ cov2 has the eigenvalues of the
+    symmetric PSD matrix cov1^1/2 @ cov2 @ cov1^1/2, so two eigh calls replace scipy's sqrtm."""
+    eigvals, eigvecs = np.linalg.eigh(cov1)
+    root1 = (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+    middle = root1 @ cov2 @ root1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
+
+
+def fid_from_features(real, fake, eps=1e-6):
+    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) with unbiased (ddof 1)
+    covariances, in float64. The eigh route already copes with singular covariances (N < D); the
+    usual eps fallback (pytorch-fid's) is kept for the rest: if eigh fails or the trace is not
+    finite, the square root is retried on (S1 + eps I)(S2 + eps I)."""
+    real, fake = _as_float64(real), _as_float64(fake)
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    cov1, cov2 = np.cov(real, rowvar=False, ddof=1), np.cov(fake, rowvar=False, ddof=1)
+    try:
+        trace_sqrt = _trace_sqrtm_product(cov1, cov2)
+    except np.linalg.LinAlgError:
+        trace_sqrt = float("nan")
+    if not math.isfinite(trace_sqrt):
+        offset = eps * np.eye(len(cov1))
+        trace_sqrt = _trace_sqrtm_product(cov1 + offset, cov2 + offset)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
+
+
+class _FIDInceptionA(tv_inception.InceptionA):
+    """InceptionA whose pool branch averages over valid pixels only (count_include_pad=False), as in TF."""
+    def _forward(self, x):
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        branch_pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return [self.branch1x1(x), branch5x5, branch3x3dbl, branch_pool]
+
+
+class _FIDInceptionC(tv_inception.InceptionC):
+    """InceptionC with the TF pool branch (count_include_pad=False)."""
+    def _forward(self, x):
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        branch7x7dbl = x
+        for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                     self.branch7x7dbl_5):
+            branch7x7dbl = conv(branch7x7dbl)
+        branch_pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return [self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool]
+
+
+class _FIDInceptionE(tv_inception.InceptionE):
+    """InceptionE with the TF pool branch: average without padding (Mixed_7b) or max pooling (Mixed_7c)."""
+    def __init__(self, in_channels, max_pool):
+        super().__init__(in_channels)
+        self.max_pool = max_pool
+
+    def _forward(self, x):
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
+        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
+        if self.max_pool:
+            pooled = F.max_pool2d(x, 3, stride=1, padding=1)
+        else:
+            pooled = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return [self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)]
+
+
+def _build_fid_inception():
+    """torchvision's Inception-v3 with 1008 classes and the TF graph's pooling (pytorch-fid's FID Inception), no weights."""
+    net = tv_inception.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = (_FIDInceptionA(192, 32), _FIDInceptionA(256, 64),
+                                                _FIDInceptionA(288, 64))
+    net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e = (_FIDInceptionC(768, 128), _FIDInceptionC(768, 160),
+                                                              _FIDInceptionC(768, 160), _FIDInceptionC(768, 192))
+    net.Mixed_7b, net.Mixed_7c = _FIDInceptionE(1280, max_pool=False), _FIDInceptionE(2048, max_pool=True)
+    return net
+
+
+class _InceptionPool3(nn.Module):
+    """Resize a [-1, 1] batch to 299x299 (bilinear) and return the 2048-d pool3 features."""
+    def __init__(self, net):
+        super().__init__()
+        net.fc = nn.Identity()  # the classifier head is not needed: the avgpool output is pool3
+        self.net = net
+
+    def forward(self, images):
+        return self.net(F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False))
+
+
+FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+TORCHVISION_INCEPTION_NAME = "inception_v3_google-0cc3c7bd.pth"
+
+
+def _sha256(path):
+    """Hex SHA-256 digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fid_inception(weights_path=None):
+    """(model, label): an eval-mode Inception-v3 mapping a [-1, 1] batch of any size to (N, 2048)
+    pool3 features. Weights: `weights_path`, else the torch hub cache's FID weights (SHA-256
+    checked), else torchvision's ImageNet Inception-v3 if already cached (labelled: not comparable
+    with published numbers). Nothing is downloaded."""
+    checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
+    fid_path = weights_path or os.path.join(checkpoints, FID_WEIGHTS_NAME)
+    torchvision_path = os.path.join(checkpoints, TORCHVISION_INCEPTION_NAME)
+    if os.path.isfile(fid_path):
+        digest = _sha256(fid_path)
+        if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
+            raise ValueError(
+                f"{fid_path} has SHA-256 {digest[:8]}..., but the FID Inception weights ({FID_WEIGHTS_NAME}) "
+                f"start with {FID_WEIGHTS_SHA256_PREFIX}: the file is truncated, corrupt or another network. "
+                f"Download it again from {FID_WEIGHTS_URL}.")
+        net = _build_fid_inception()
+        net.load_state_dict(torch.load(fid_path, map_location="cpu", weights_only=True))
+        label = "fid-inception (pt_inception-2015-12-05)"
+    elif weights_path is None and os.path.isfile(torchvision_path):
+        # torchvision's Google weights expect [-1, 1] input already, so no transform_input
+        net = tv_inception.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+        net.load_state_dict(torch.load(torchvision_path, map_location="cpu", weights_only=True))
+        label = "torchvision-imagenet (NOT comparable with published KID/FID)"
+    else:
+        missing = f"--inception_weights {weights_path} does not exist" if weights_path else "No Inception weights found"
+        raise FileNotFoundError(
+            f"{missing}. KID/FID need the FID Inception weights {FID_WEIGHTS_NAME}: download {FID_WEIGHTS_URL} "
+            f"(on a machine with internet access) and put the file at {os.path.join(checkpoints, FID_WEIGHTS_NAME)} "
+            f"or pass --inception_weights PATH.")
+    return _InceptionPool3(net).eval(), label
+
+
+def extract_features(model, images_iter, device):
+    """Run `model` (any module/callable mapping a batch to (N, D)) under no_grad over batches of
+    [-1, 1] images; returns the concatenated float64 features on the CPU."""
+    with torch.no_grad():
+        features = [model(images.to(device)).flatten(1).double().cpu() for images in images_iter]
+    if not features:
+        raise ValueError("extract_features got no images")
+    return torch.cat(features)
+
+
+def masked_psnr_l1(src, out, mask):
+    """Background preservation: PSNR (dB, capped at 100) and L1 between src and out on the [0, 1]
+    scale over the pixels where mask == 0, per image, averaged over the images that have any."""
+    outside = (mask < 0.5).double().expand_as(src)
+    diff = (out.double() - src.double()) / 2  # ((out + 1) - (src + 1)) / 2: the [0, 1] scale
+    n_pixels = outside.flatten(1).sum(1)
+    keep = n_pixels > 0
+    mse = ((diff ** 2) * outside).flatten(1).sum(1)[keep] / n_pixels[keep]
+    l1 = (diff.abs() * outside).flatten(1).sum(1)[keep] / n_pixels[keep]
+    psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))  # MSE 0 -> 100 dB
+    return psnr.mean().item(), l1.mean().item()
+
+
+def attention_iou_pointing(attention, mask, threshold=0.5):
+    """Attention quality against the GT mask: bilinear-upsample (N, 1, h, w) attention to the mask
+    size, min-max normalise per image, threshold; returns (mean IoU, pointing accuracy = fraction
+    of images whose attention maximum lies inside the mask). Empty prediction and mask: IoU 1."""
+    flat, target = normalise_map(attention.double(), mask.shape[-1]).flatten(1), mask.flatten(1) > 0.5
+    predicted = flat >= threshold
+    intersection = (predicted & target).sum(1).double()
+    union = (predicted | target).sum(1).double()
+    iou = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+    pointing = target.gather(1, flat.argmax(1, keepdim=True)).double()
+    return iou.mean().item(), pointing.mean().item()
 
 
 # =============================================================================================

@@ -42,8 +42,8 @@ import common
 
 SCRIPT = "ugatit"
 ARCH_FLAGS = ("img_size", "light", "ch", "n_res", "n_dis", "no_cam", "no_gcam", "no_dcam", "norm")
-TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2000, sample_every=250, save_every=500,
-                  log_every=50, workers=1)
+TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2000, lr=2e-4, sample_every=250,
+                  save_every=500, log_every=50, workers=1)
 
 # =============================================================================================
 # Networks
@@ -217,8 +217,9 @@ def check_img_size(args):
             s //= 2
         return s - 1  # size after the stride-1 trunk conv; the classifier's reflect pad needs >= 2
     global_layers, local_layers = args.n_dis + 1, args.n_dis - 1
-    if args.n_dis < 3:
-        raise common.UserError(f"--n_dis {args.n_dis} is too shallow; use 3 or more (paper: 6).")
+    if args.n_dis < 4:
+        raise common.UserError(f"--n_dis {args.n_dis} is too shallow: the local discriminator has n_dis-1 layers "
+                               f"and needs 3; use 4 or more (paper: 6).")
     if args.img_size % 4 or args.img_size < 16:
         raise common.UserError(f"--img_size {args.img_size} does not work: the generator halves the image twice "
                                f"and doubles it back, so it must be a multiple of 4 and at least 16.")
@@ -451,7 +452,7 @@ def main(argv=None):
         common.bench(args, device, step)
         return
 
-    # fixed sample images: the first training images of each domain (test split of toy)
+    # fixed sample images: the first four training images of each domain
     sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
     sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
 

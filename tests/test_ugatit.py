@@ -1,0 +1,261 @@
+"""ugatit.py: parameter counts, AdaLIN, CAM shapes, end to end on toy, resume, bad input, DDP."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import common
+import ugatit
+from conftest import ROOT
+
+TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--workers", "0",
+        "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
+
+
+def run_script(*argv, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "ugatit.py"), *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: ugatit.Generator(64, 4, 256, light=False), 278_959_808),
+    (lambda: ugatit.Generator(64, 4, 256, light=True), 10_589_888),
+    (lambda: ugatit.Generator(64, 4, 128, light=False), 77_633_216),
+    (lambda: ugatit.Discriminator(64, n_layers=7), 53_130_176),
+    (lambda: ugatit.Discriminator(64, n_layers=5), 3_290_560),
+])
+def test_parameter_counts_equal_official(make, expected):
+    with torch.device("meta"):
+        assert common.count_params(make()) == expected
+
+
+def test_adailn_rho_one_is_instance_norm_and_zero_is_layer_norm():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7) * 3 + 1
+    norm = ugatit.AdaILN(6)
+    ones, zeros = torch.ones(2, 6), torch.zeros(2, 6)
+    eps = norm.eps
+    n_in, n_ln = 5 * 7, 6 * 5 * 7
+    # the official AdaLIN uses unbiased variances: (x - m) / sqrt(var_unbiased + eps)
+    #   = sqrt((n-1)/n) * (x - m) / sqrt(var_biased + eps (n-1)/n)
+    with torch.no_grad():
+        norm.rho.fill_(1.0)
+        expected_in = ((n_in - 1) / n_in) ** 0.5 * F.instance_norm(x, eps=eps * (n_in - 1) / n_in)
+        assert torch.allclose(norm(x, ones, zeros), expected_in, atol=1e-5)
+        norm.rho.fill_(0.0)
+        expected_ln = ((n_ln - 1) / n_ln) ** 0.5 * F.layer_norm(x, x.shape[1:], eps=eps * (n_ln - 1) / n_ln)
+        assert torch.allclose(norm(x, ones, zeros), expected_ln, atol=1e-5)
+        gamma, beta = torch.rand(2, 6), torch.rand(2, 6)
+        assert torch.allclose(norm(x, gamma, beta), expected_ln * gamma[..., None, None] + beta[..., None, None], atol=1e-5)
+
+
+def test_cam_logits_and_heatmap_shapes():
+    gen = ugatit.Generator(8, 2, 64, light=False)
+    out, cam_logit, heatmap = gen(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 3, 64, 64) and cam_logit.shape == (3, 2) and heatmap.shape == (3, 1, 16, 16)
+    assert out.abs().max() <= 1 and heatmap.min() >= 0  # tanh output; heatmap sums ReLU maps
+    for n_layers, side in ((7, 6), (5, 30)):
+        logit, cam_logit, heatmap = ugatit.Discriminator(8, n_layers)(torch.randn(2, 3, 256, 256))
+        assert logit.shape == (2, 1, side, side) and cam_logit.shape == (2, 2) and heatmap.shape == (2, 1, side + 1, side + 1)
+    out, cam_logit, _ = ugatit.Generator(8, 2, 64, light=True, cam=False)(torch.randn(1, 3, 64, 64))
+    assert cam_logit is None and out.shape == (1, 3, 64, 64)
+    logit, cam_logit, _ = ugatit.Discriminator(8, 5, cam=False)(torch.randn(1, 3, 64, 64))
+    assert cam_logit is None and logit.shape == (1, 1, 6, 6)
+
+
+def test_cam_uses_the_classifier_weights():
+    """a_s(x) = w_s * E_s(x): scaling the gap classifier weights changes the decoder input."""
+    torch.manual_seed(0)
+    gen = ugatit.Generator(4, 1, 32, light=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    _, logit1, heat1 = gen(x)
+    with torch.no_grad():
+        gen.gap_fc.weight.mul_(3)
+    _, logit2, heat2 = gen(x)
+    assert torch.allclose(logit2[:, 0], 3 * logit1[:, 0], atol=1e-5) and torch.allclose(logit2[:, 1], logit1[:, 1])
+    assert not torch.allclose(heat1, heat2)
+
+
+@pytest.mark.parametrize("norm", ["adalin", "adain", "in", "ln", "gn"])
+def test_norm_ablations_run(norm):
+    gen = ugatit.Generator(4, 1, 32, light=True, norm=norm)
+    assert gen(torch.randn(2, 3, 32, 32))[0].shape == (2, 3, 32, 32)
+    assert hasattr(gen, "mlp") == (norm in ("adalin", "adain"))
+
+
+def test_batched_forward_equals_separate_forwards():
+    """Deviation 3: every layer normalises per image, so a concatenated batch changes nothing."""
+    torch.manual_seed(0)
+    gen = ugatit.Generator(4, 1, 32, light=False)
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    both = gen(torch.cat([a, b]))
+    for i, x in enumerate((a, b)):
+        single = gen(x)
+        for s, t in zip(single, both):
+            assert torch.allclose(s, t[i:i + 1], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on toy data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_test_eval_on_toy(tmp_path, data_root):
+    out = str(tmp_path / "run")
+    ugatit.main(["--iters", "4", "--out", out, "--data_root", data_root, *TINY])
+    for f in ("ckpt.pt", "args.json", "log.csv", "samples/step_0000002.png", "samples/step_0000004.png"):
+        assert os.path.exists(os.path.join(out, f)), f
+    rows = open(os.path.join(out, "log.csv")).read().splitlines()
+    assert rows[0].startswith("step,d_loss,g_adv,g_cycle,g_identity,g_cam,g_loss,lr,seconds") and len(rows) == 3
+    grid = Image.open(os.path.join(out, "samples/step_0000004.png"))
+    assert grid.size[0] > 7 * 32 and grid.size[1] > 8 * 32  # 7 columns, 4 + 4 rows
+    # test and eval take the architecture from the checkpoint: no network flags needed
+    ugatit.main(["--phase", "test", "--out", out, "--data_root", data_root, "--workers", "0"])
+    files = os.listdir(os.path.join(out, "test", "a2b"))
+    assert len(files) == 2 * common.TOY_SPLIT_SIZES["test"] and "00000_attention.png" in files
+    assert len(os.listdir(os.path.join(out, "test", "b2a"))) == len(files)
+    ugatit.main(["--phase", "eval", "--out", out, "--data_root", data_root, "--workers", "0"])
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["judge_accuracy_real"] > 0.95
+    for d in ("a2b", "b2a"):
+        m = metrics[d]
+        assert m["images"] == common.TOY_SPLIT_SIZES["test"]
+        assert 0 <= m["translation_success"] <= 1 and 0 <= m["attention_iou"] <= 1 and m["background_psnr_db"] > 0
+        assert len(m["toy_kid_subsets_x100"]) == 2 and len(m["toy_kid_blocks_x100"]) == 2
+
+
+def test_test_phase_with_own_images(tmp_path, data_root):
+    out = str(tmp_path / "run")
+    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+    photos = tmp_path / "photos"
+    os.makedirs(photos / "sub")
+    Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(photos / "me.jpg")
+    Image.fromarray(np.full((20, 20), 30, np.uint8)).save(photos / "sub" / "grey.png")
+    ugatit.main(["--phase", "test", "--out", out, "--input", str(photos), "--direction", "a2b", "--workers", "0"])
+    assert sorted(os.listdir(os.path.join(out, "test", "a2b"))) == ["me.png", "me_attention.png", "sub"]
+    assert Image.open(os.path.join(out, "test", "a2b", "me.png")).size == (32, 32)
+    assert not os.path.exists(os.path.join(out, "test", "b2a"))
+
+
+def test_resume_gives_identical_weights(tmp_path, data_root):
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    common_args = ["--iters", "6", "--data_root", data_root, *TINY]
+    ugatit.main(["--out", full, *common_args])
+    ugatit.main(["--out", split, "--stop_at", "3", *common_args])
+    assert torch.load(os.path.join(split, "ckpt.pt"), weights_only=True)["step"] == 3
+    ugatit.main(["--out", split, "--resume", "--data_root", data_root, "--workers", "0"])
+    a = torch.load(os.path.join(full, "ckpt.pt"), weights_only=True)
+    b = torch.load(os.path.join(split, "ckpt.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for net in a["models"]:
+        for k in a["models"][net]:
+            assert torch.equal(a["models"][net][k], b["models"][net][k]), (net, k)
+    assert a["optimizers"]["opt_g"]["state"][0]["exp_avg"].equal(b["optimizers"]["opt_g"]["state"][0]["exp_avg"])
+    rows = open(os.path.join(split, "log.csv")).read().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "3", "4", "6"]
+
+
+def test_learning_rate_decays_to_zero_and_flags_beat_the_preset(tmp_path, data_root):
+    out = str(tmp_path / "run")
+    ugatit.main(["--iters", "4", "--out", out, "--data_root", data_root, "--lr", "1e-4", *TINY])
+    lrs = [float(r.split(",")[7]) for r in open(os.path.join(out, "log.csv")).read().splitlines()[1:]]
+    assert lrs == [1e-4, 0.0]  # the toy preset's 2e-4 gave way to the command line
+    args = json.load(open(os.path.join(out, "args.json")))
+    assert args["img_size"] == 32 and args["sample_every"] == 2 and args["n_dis"] == 4
+    assert args["light"] and args["iters"] == 4 and args["log_every"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit code 2, one paragraph, nothing lost
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_dataset_exits_2_with_layout(tmp_path):
+    r = run_script("--data", "horse2zebra", "--data_root", str(tmp_path), "--iters", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "trainA,trainB,testA,testB" in r.stderr and "--download" in r.stderr
+
+
+def test_existing_checkpoint_is_not_overwritten(tmp_path, data_root):
+    out = str(tmp_path / "run")
+    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+    ckpt = os.path.join(out, "ckpt.pt")
+    before = open(ckpt, "rb").read()
+    r = run_script("--iters", "2", "--out", out, "--data_root", data_root, *TINY)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--resume" in r.stderr
+    assert open(ckpt, "rb").read() == before
+
+
+def test_corrupt_training_image_is_skipped_and_counted(tmp_path):
+    root = tmp_path / "data" / "tiny"
+    for split in ("trainA", "trainB", "testA", "testB"):
+        os.makedirs(root / split)
+        for i in range(2):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    (root / "trainA" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = str(tmp_path / "run")
+    r = run_script("--data", "tiny", "--data_root", str(tmp_path / "data"), "--out", out, "--iters", "6", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "skipping unreadable image" in r.stderr and "corrupt.jpg" in r.stderr
+    assert "unreadable images were skipped" in r.stderr
+    rows = open(os.path.join(out, "log.csv")).read().splitlines()
+    assert int(rows[-1].split(",")[-1]) >= 1  # skipped_images column
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--img_size", "64", "--n_dis", "6"], "at least 96 px"),
+    (["--img_size", "30"], "multiple of 4"),
+    (["--n_dis", "3"], "too shallow"),
+])
+def test_image_size_the_networks_cannot_take(tmp_path, argv, message):
+    r = run_script("--out", str(tmp_path / "x"), *argv)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkpoint_from_another_script_or_architecture(tmp_path, data_root):
+    fake = tmp_path / "other" / "ckpt.pt"
+    os.makedirs(fake.parent)
+    torch.save({"script": "attentiongan", "args": {}}, fake)
+    r = run_script("--phase", "eval", "--ckpt", str(fake))
+    assert r.returncode == 2 and "not of ugatit.py" in r.stderr and "Traceback" not in r.stderr
+    out = str(tmp_path / "run")
+    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+    r = run_script("--phase", "eval", "--out", out, "--ch", "8")
+    assert r.returncode == 2 and "--ch 4" in r.stderr
+    r = run_script("--phase", "eval", "--out", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "Train first" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes (gloo on CPU): replicas stay identical, only rank 0 writes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_two_process_data_parallel(tmp_path, data_root):
+    port = str(29500 + os.getpid() % 1000)
+    procs = []
+    for rank in range(2):
+        cwd = tmp_path / f"rank{rank}"
+        os.makedirs(cwd)
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")
+        # each rank runs in its own folder with a relative --out: a write by rank 1 would land in rank1/
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "ugatit.py"), "--iters", "4", "--out",
+                                       "run", "--data_root", data_root, *TINY], cwd=cwd, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert "replicas identical: True (2 processes)" in outputs[0][0]
+    assert os.path.exists(tmp_path / "rank0" / "run" / "ckpt.pt")
+    assert os.listdir(tmp_path / "rank1") == []
