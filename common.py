@@ -183,8 +183,10 @@ def to_device(module, device):
 
 
 def adam(params, lr, betas, device, weight_decay=0.0):
-    """Adam, fused on CUDA."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=device.type == "cuda")
+    """Adam: fused on CUDA, multi-tensor (foreach) elsewhere, which is ~10% faster per step on CPU."""
+    cuda = device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=cuda or None,
+                            foreach=None if cuda else True)
 
 
 def maybe_compile(module, args):
@@ -558,7 +560,7 @@ def _toy_grass(rng, size):
 def _toy_object_colour(rng):
     """A clearly coloured object; value <= 0.75 so that shading by +30% never clips (the image
     then stays exactly proportional to this colour)."""
-    hue = rng.uniform(0.47, 1.17) % 1.0  # any hue but the greens of the grass
+    hue = rng.uniform(0.5, 1.05) % 1.0  # cyan, blue, purple, magenta, red: not the grass's greens and yellows
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75))
     return np.array(rgb, dtype=np.float32)
 
@@ -1491,7 +1493,8 @@ def two_domain_eval(args, translate, device):
     inception, inception_label = _inception_or_none(args, required=not toy)
     if inception is not None:
         inception = inception.to(device)
-    results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt, "inception": inception_label}
+    results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
+               "inception": inception_label or "no weights found: toy metrics only (see --inception_weights)"}
     if toy:
         judge, judge_acc = load_toy_judge(args.data, args.img_size, args.data_root, device)
         results["judge_accuracy_real"] = judge_acc

@@ -1,8 +1,10 @@
 """ugatit.py: parameter counts, AdaLIN, CAM shapes, end to end on toy, resume, bad input, DDP."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -259,3 +261,72 @@ def test_two_process_data_parallel(tmp_path, data_root):
     assert "replicas identical: True (2 processes)" in outputs[0][0]
     assert os.path.exists(tmp_path / "rank0" / "run" / "ckpt.pt")
     assert os.listdir(tmp_path / "rank1") == []
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, data_root):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "ugatit.py"), "--iters", "100000", "--out", str(out),
+                          "--data_root", data_root, *TINY, "--save_every", "100000"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.csv").exists() and time.time() < deadline:  # first log row: training is under way
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "continue with --resume" in err, err
+    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    assert 2 <= step < 100000
+    ugatit.main(["--out", str(out), "--resume", "--iters", str(step + 2), "--data_root", data_root, "--workers", "0"])
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == step + 2
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
+    out = str(tmp_path / "run")
+    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+    before = open(os.path.join(out, "ckpt.pt"), "rb").read()
+    r = run_script("--out", out, "--resume", "--iters", "40", "--lr", "1e30", "--data_root", data_root)
+    assert r.returncode == 1 and "NaN/Inf" in r.stderr and "last good checkpoint (step 2)" in r.stderr, r.stderr
+    assert open(os.path.join(out, "ckpt.pt"), "rb").read() == before
+
+
+def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
+    ugatit.main(["--phase", "bench", "--out", str(tmp_path / "b"), "--data_root", data_root, *TINY])
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]
+    result = json.loads(line)
+    assert result["img_size"] == 32 and result["it_s"] > 0 and result["img_s"] == pytest.approx(result["it_s"])
+    assert result["peak_mem_mb"] > 0 and result["device"].startswith("cpu")
+    assert not os.path.exists(tmp_path / "b" / "ckpt.pt")
+
+
+def test_eval_on_a_folder_dataset_computes_kid_and_fid(tmp_path, monkeypatch):
+    root = tmp_path / "data" / "pairs"
+    for split in ("trainA", "trainB", "testA", "testB"):
+        os.makedirs(root / split)
+        for i in range(12):
+            arr = np.random.default_rng(i + 100 * len(split)).integers(0, 255, (36, 36, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / split / f"{split}_{i}.jpg")
+    out = str(tmp_path / "run")
+    ugatit.main(["--data", str(root), "--out", out, "--iters", "2", *TINY])
+    # no Inception weights on this machine: inject a small random feature extractor
+    torch.manual_seed(0)
+    extractor = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                    torch.nn.Flatten()).eval()
+    monkeypatch.setattr(common, "fid_inception", lambda weights=None: (extractor, "test-extractor"))
+    ugatit.main(["--phase", "eval", "--out", out, "--workers", "0"])
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["inception"] == "test-extractor" and "judge_accuracy_real" not in metrics
+    for d in ("a2b", "b2a"):
+        assert metrics[d]["images"] == 12 and metrics[d]["fid"] >= 0 and len(metrics[d]["kid_blocks_x100"]) == 2
+        assert "translation_success" not in metrics[d]
+
+
+def test_eval_on_real_data_without_inception_weights_exits_2(tmp_path):
+    root = tmp_path / "data" / "pairs"
+    for split in ("trainA", "trainB", "testA", "testB"):
+        os.makedirs(root / split)
+        Image.new("RGB", (36, 36)).save(root / split / "x.png")
+    out = str(tmp_path / "run")
+    ugatit.main(["--data", str(root), "--out", out, "--iters", "1", *TINY])
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty_hub"))
+    r = run_script("--phase", "eval", "--out", out, env=env)
+    assert r.returncode == 2 and "pt_inception-2015-12-05-6726825d.pth" in r.stderr and "Traceback" not in r.stderr
