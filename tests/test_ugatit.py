@@ -330,3 +330,13 @@ def test_eval_on_real_data_without_inception_weights_exits_2(tmp_path):
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty_hub"))
     r = run_script("--phase", "eval", "--out", out, env=env)
     assert r.returncode == 2 and "pt_inception-2015-12-05-6726825d.pth" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_pass_layer_instance_norm_equals_the_two_pass_formula():
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 6, 4) * 2 + 0.5
+    rho, gamma, beta = torch.rand(1, 5, 1, 1), torch.randn(3, 5, 1, 1), torch.randn(3, 5, 1, 1)
+    a_in = (x - x.mean((2, 3), keepdim=True)) / torch.sqrt(x.var((2, 3), keepdim=True) + 1e-5)
+    a_ln = (x - x.mean((1, 2, 3), keepdim=True)) / torch.sqrt(x.var((1, 2, 3), keepdim=True) + 1e-5)
+    expected = gamma * (rho * a_in + (1 - rho) * a_ln) + beta  # the official code, line by line
+    assert torch.allclose(ugatit.layer_instance_norm(x, rho, gamma, beta, 1e-5), expected, atol=1e-5)
