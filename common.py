@@ -226,7 +226,11 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        # NCCL reduces CUDA tensors only: the small control tensors live on this rank's GPU
+        self.device = torch.device(f"cuda:{self.local_rank}" if device_type == "cuda" else "cpu")
         if self.world > 1 and not dist.is_initialized():
+            if device_type == "cuda":
+                torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
 
     @property
@@ -258,7 +262,7 @@ class Dist:
         """True on every rank when `flag` is true on any rank (for Ctrl-C under torchrun)."""
         if self.world == 1:
             return flag
-        t = torch.tensor([float(flag)])
+        t = torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -267,7 +271,7 @@ class Dist:
         if self.world == 1:
             return True
         fp = torch.tensor([sum(p.detach().double().sum().item() for m in modules for p in m.parameters())],
-                          dtype=torch.float64)
+                          dtype=torch.float64, device=self.device)
         gathered = [torch.zeros_like(fp) for _ in range(self.world)]
         dist.all_gather(gathered, fp)
         same = all(torch.equal(g, gathered[0]) for g in gathered)
