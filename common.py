@@ -509,6 +509,8 @@ TOY_ATTRS = {
     "bg": ["plain", "textured"],
 }
 TOY_SPLIT_SIZES = {"train": 2000, "test": 200}  # per domain for toy/toy-shape, total for toy-attr
+# Bump when the generators below change: cached judges carry it in their file name.
+TOY_VERSION = 2
 
 # Shirt base colours (toy-attr), far from the muted grey-ish backgrounds.
 _TOY_SHIRT_RGB = {
@@ -831,7 +833,7 @@ def load_toy_judge(name, size, data_root, device="cpu", seed=0):
     """The judge for this toy dataset and size, trained once and cached under
     <data_root>/.toy_judge/. Returns (judge in eval mode, mean test accuracy)."""
     tag = "" if seed == 0 else f"_seed{seed}"
-    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px{tag}_v1.pt")
+    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px{tag}_v{TOY_VERSION}.pt")
     if os.path.isfile(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         judge = ToyJudge(name)

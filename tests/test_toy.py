@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+import common
 from common import TOY_ATTRS, TOY_NAMES, TOY_SPLIT_SIZES, ToyDataset, ToyJudge, load_toy_judge, toy_render
 
 TWO_DOMAIN = [("toy", "A"), ("toy", "B"), ("toy-shape", "A"), ("toy-shape", "B")]
@@ -199,7 +200,7 @@ def test_toy_judge_accuracy(judges, name):
     assert accuracy >= 0.95
     assert all(acc >= 0.95 for acc in judge.test_accuracies.values()), judge.test_accuracies
     assert not judge.training
-    assert (root / ".toy_judge" / f"{name}_32px_v1.pt").is_file()
+    assert (root / ".toy_judge" / f"{name}_32px_v{common.TOY_VERSION}.pt").is_file()
 
 
 @pytest.mark.parametrize("name", TOY_NAMES)
