@@ -42,7 +42,7 @@ import common
 
 SCRIPT = "ugatit"
 ARCH_FLAGS = ("img_size", "light", "ch", "n_res", "n_dis", "no_cam", "no_gcam", "no_dcam", "norm")
-TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2000, lr=2e-4, sample_every=250,
+TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2500, lr=2e-4, sample_every=250,
                   save_every=500, log_every=50, workers=1)
 
 # =============================================================================================
@@ -351,8 +351,9 @@ def make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device,
         for gen in gens:
             clip_rho(gen)
         losses = {"d_loss": d_loss, "g_adv": torch.as_tensor(g_adv + g_cam_adv), "g_cycle": g_cycle,
-                  "g_identity": g_identity, "g_cam": g_cam, "g_loss": g_loss, "lr": lr}
-        return losses
+                  "g_identity": g_identity, "g_cam": g_cam, "g_loss": g_loss}
+        # detached device tensors: the loop averages them without a host sync per step
+        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
 
     return step
 
