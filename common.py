@@ -207,6 +207,14 @@ def linear_decay(step, base_lr, total, decay_start):
     return base_lr * max(0.0, (total - step) / (total - decay_start))
 
 
+def epochs_to_iters(args, n_images, epochs, dist_):
+    """Fill args.iters (None: not given) with `epochs` passes over the larger domain of `n_images`
+    images, at --batch_size per process and all processes together (CycleGAN's epoch)."""
+    if args.iters is None:
+        args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
+    return args.iters
+
+
 def peak_memory_mb(device):
     """CUDA max allocated, or the process's peak RSS on CPU."""
     if device.type == "cuda":
@@ -931,8 +939,8 @@ class ImagePool:
     def state_dict(self):
         return {"items": [list(item) for item in self.items], "rng": _py_state(self.rng.getstate())}
 
-    def load_state_dict(self, state):
-        self.items = [tuple(item) for item in state["items"]]
+    def load_state_dict(self, state, device="cpu"):
+        self.items = [tuple(t.to(device) for t in item) for item in state["items"]]
         self.rng.setstate(_py_state_back(state["rng"]))
 
 
@@ -1417,9 +1425,12 @@ def masked_psnr_l1(src, out, mask):
 def attention_iou_pointing(attention, mask, threshold=0.5):
     """Attention quality against the GT mask: bilinear-upsample (N, 1, h, w) attention to the mask
     size, min-max normalise per image, threshold; returns (mean IoU, pointing accuracy = fraction
-    of images whose attention maximum lies inside the mask). Empty prediction and mask: IoU 1."""
+    of images whose attention maximum lies inside the mask). Empty prediction and mask: IoU 1.
+    A constant map (e.g. a no-attention baseline's A = 1) selects the whole image."""
     flat, target = normalise_map(attention.double(), mask.shape[-1]).flatten(1), mask.flatten(1) > 0.5
-    predicted = flat >= threshold
+    raw = attention.flatten(1)
+    constant = (raw.amax(1) - raw.amin(1)) <= 1e-8 * raw.abs().amax(1).clamp_min(1)
+    predicted = (flat >= threshold) | constant[:, None]
     intersection = (predicted & target).sum(1).double()
     union = (predicted | target).sum(1).double()
     iou = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))

@@ -1,0 +1,346 @@
+"""AttentionGAN: Unpaired Image-to-Image Translation using Attention-Guided Generative Adversarial
+Networks. Hao Tang, Hong Liu, Dan Xu, Philip H.S. Torr, Nicu Sebe. IEEE TNNLS 2021.
+Paper: https://arxiv.org/abs/1911.11897   Official PyTorch code: https://github.com/Ha0Tang/AttentionGAN
+
+A CycleGAN whose generators do not paint the whole output: they produce content masks C_i and
+attention masks A_i, and the output is a per-pixel mixture of the contents and the input,
+G(x) = sum_i C_i * A_i + x * A_background. Where the background attention is 1 the input passes
+through untouched, so the attention shows where the generator changed the image.
+
+Scheme II (default, the official code): a shared encoder, a content decoder (n-1 tanh content
+masks) and an attention decoder (n softmax attention masks, the last one for the background).
+Scheme I (--scheme I): one decoder gives one content image and one sigmoid attention mask,
+G(x) = C * A + x * (1 - A), with the paper's attention-guided discriminators and TV loss.
+LSGAN + cycle + identity losses, a pool of 50 generated images. Phases: train, test (--input for
+your own images), eval (toy metrics or KID/FID), bench.
+
+Deviations from the paper / official code:
+ 1. Scheme I's attention-guided discriminators D_XA, D_YA (they see the pair [attention, image]) and
+    its total-variation loss on the attention mask are implemented from the paper; the official
+    code has no Scheme I for unpaired two-domain data (AttentionGAN-v1 in the same repository
+    uses a different network). D_YA sees the fake pair [A_y, G(x)] and the real pair [A_y, y]
+    with the same mask A_y that G produced for x (detached); it is trained next to the vanilla
+    PatchGAN D_Y. TV is summed over pixels, averaged over images, lambda_tv 1e-6 (paper).
+ 2. Each generator runs once on [real source, real target]: its translation and its identity
+    mapping in one call (InstanceNorm is per image, so the outputs are the same). The fakes are
+    reused, detached, for the D update; each D sees [real, fake] in one call.
+ 3. Epochs: --iters defaults to (n_epochs + n_epochs_decay) passes over the larger domain; the
+    learning rate is constant for the first n_epochs / (n_epochs + n_epochs_decay) of the steps and
+    then falls linearly to 0 at the last step (the official schedule steps once per epoch and ends
+    at lr / (n_epochs_decay + 1)).
+ 4. Sampling and testing run under torch.no_grad() in eval mode; D weights need no gradient in the
+    G update (as in the official code).
+"""
+import argparse
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+SCRIPT = "attentiongan"
+ARCH_FLAGS = ("img_size", "scheme", "ngf", "ndf", "n_res", "n_masks")
+TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, iters=2500, sample_every=250, save_every=500,
+                  log_every=50, workers=1)
+# the released models (official README): 60 epochs, batch 4, no decay
+RELEASED_PRESET = dict(n_epochs=60, n_epochs_decay=0, batch_size=4)
+
+# =============================================================================================
+# Networks
+# =============================================================================================
+
+
+def encoder(ngf, n_res):
+    """c7s1-64, d128, d256, 9 residual blocks (CycleGAN's generator trunk; conv biases on, IN without affine)."""
+    layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
+    for mult in (1, 2):
+        layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
+    layers += [common.ResnetBlock(ngf * 4, bias=True) for _ in range(n_res)]
+    return nn.Sequential(*layers)
+
+
+def up_path(ngf):
+    """u128, u64: two 3x3 stride-1/2 transposed convolutions with IN and ReLU."""
+    layers = []
+    for mult in (4, 2):
+        layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1),
+                   nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
+    return layers
+
+
+def compose(content, attention, x):
+    """G(x) = sum_{i<n} C_i * A_i + x * A_n (paper Eq. for Scheme II; Scheme I is the case n = 2 with
+    A_2 = 1 - A_1). content (N, n-1, 3, H, W), attention (N, n, H, W), x (N, 3, H, W)."""
+    return (content * attention[:, :-1, None]).sum(1) + x * attention[:, -1:]
+
+
+class GeneratorII(nn.Module):
+    """Scheme II: shared encoder; content decoder -> n-1 tanh content masks; attention decoder ->
+    n attention masks (softmax over the n masks, the last is the background's).
+    Returns (output, attention (N, n, H, W), content (N, n-1, 3, H, W))."""
+
+    def __init__(self, ngf=64, n_res=9, n_masks=10):
+        super().__init__()
+        self.n_masks = n_masks
+        self.encoder = encoder(ngf, n_res)
+        self.content_decoder = nn.Sequential(*up_path(ngf), nn.ReflectionPad2d(3),
+                                             nn.Conv2d(ngf, 3 * (n_masks - 1), 7), nn.Tanh())
+        self.attention_decoder = nn.Sequential(*up_path(ngf), nn.Conv2d(ngf, n_masks, 1))
+
+    def forward(self, x):
+        features = self.encoder(x)
+        content = self.content_decoder(features).unflatten(1, (self.n_masks - 1, 3))
+        attention = torch.softmax(self.attention_decoder(features), dim=1)
+        return compose(content, attention, x), attention, content
+
+
+class GeneratorI(nn.Module):
+    """Scheme I: one network, last conv7 -> 4 channels: content C = tanh(3 channels), attention
+    A = sigmoid(1 channel); G(x) = C * A + x * (1 - A). Returns (output, [A, 1 - A], C) in the
+    shapes of Scheme II (n = 2)."""
+
+    def __init__(self, ngf=64, n_res=9):
+        super().__init__()
+        self.model = nn.Sequential(encoder(ngf, n_res), *up_path(ngf), nn.ReflectionPad2d(3), nn.Conv2d(ngf, 4, 7))
+
+    def forward(self, x):
+        out = self.model(x)
+        content = torch.tanh(out[:, :3]).unsqueeze(1)
+        foreground = torch.sigmoid(out[:, 3:])
+        attention = torch.cat([foreground, 1 - foreground], dim=1)
+        return compose(content, attention, x), attention, content
+
+
+def check_img_size(args):
+    """Exit 2 on an image size the networks cannot take."""
+    if args.img_size % 4 or args.img_size < 32:
+        raise common.UserError(f"--img_size {args.img_size} does not work: the generator halves the image twice and "
+                               f"doubles it back (a multiple of 4), and the 70x70 PatchGAN needs at least 32 px.")
+    if args.scheme == "II" and args.n_masks < 2:
+        raise common.UserError(f"--n_masks {args.n_masks}: Scheme II needs at least one foreground and the background mask.")
+
+
+def build_networks(args):
+    make_gen = (lambda: GeneratorII(args.ngf, args.n_res, args.n_masks)) if args.scheme == "II" else \
+        (lambda: GeneratorI(args.ngf, args.n_res))
+    nets = {"gen_a2b": make_gen(), "gen_b2a": make_gen(),
+            "disc_a": common.PatchGAN(3, args.ndf), "disc_b": common.PatchGAN(3, args.ndf)}
+    if args.scheme == "I":  # attention-guided discriminators: 1 attention channel + RGB (deviation 1)
+        nets["disc_att_a"], nets["disc_att_b"] = common.PatchGAN(4, args.ndf), common.PatchGAN(4, args.ndf)
+    for net in nets.values():
+        common.init_normal(net)  # the official init_type normal, gain 0.02
+    return nets
+
+
+# =============================================================================================
+# Losses
+# =============================================================================================
+
+
+def lsgan(x, target):
+    """Least-squares GAN term: mean (x - target)^2 (the official gan_mode lsgan)."""
+    return F.mse_loss(x, torch.full_like(x, target))
+
+
+def total_variation(mask):
+    """sum_{h,w} |A_{h+1,w} - A_{h,w}| + |A_{h,w+1} - A_{h,w}| per image, mean over images."""
+    tv = (mask[:, :, 1:] - mask[:, :, :-1]).abs().sum((1, 2, 3)) + (mask[..., 1:] - mask[..., :-1]).abs().sum((1, 2, 3))
+    return tv.mean()
+
+
+# =============================================================================================
+# The training step
+# =============================================================================================
+
+
+def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_):
+    """Returns step(step) -> losses: the official order, G update then D update on pooled fakes."""
+    gens = [nets["gen_a2b"], nets["gen_b2a"]]
+    discs = [nets[k] for k in nets if k.startswith("disc")]
+    gen_a2b, gen_b2a = run["gen_a2b"], run["gen_b2a"]
+    scheme_one = args.scheme == "I"
+    decay_start = args.iters * args.n_epochs / max(1, args.n_epochs + args.n_epochs_decay)
+
+    def step(it):
+        lr = common.linear_decay(it, args.lr, args.iters, decay_start)
+        common.set_lr([opt_g, opt_d], lr)
+        real_a, real_b = next(batches_a), next(batches_b)
+        n = real_a.shape[0]
+
+        # ---------------- Generator update ----------------
+        for d in discs:
+            d.requires_grad_(False)
+        with common.autocast(args, device):
+            # one call per generator: translation and identity mapping (deviation 2)
+            out_a2b, att_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
+            out_b2a, att_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
+            fake_b, idt_b, fake_a, idt_a = out_a2b[:n], out_a2b[n:], out_b2a[:n], out_b2a[n:]
+            rec_a, _, _ = gen_b2a(fake_b)
+            rec_b, _, _ = gen_a2b(fake_a)
+            # L_GAN(G, D_Y) (Eq. 4, LSGAN form): E_x[(D_Y(G(x)) - 1)^2], and the same for F, D_X
+            g_adv = lsgan(run["disc_b"](fake_b), 1.0) + lsgan(run["disc_a"](fake_a), 1.0)
+            # L_cycle (Eq. 7): E_x |F(G(x)) - x|_1 + E_y |G(F(y)) - y|_1
+            g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+            # L_id (Eq. 8): E_y |G(y) - y|_1 + E_x |F(x) - x|_1, weighted lambda_identity * lambda_cycle
+            g_identity = F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a)
+            g_att_adv = g_tv = torch.zeros((), device=device)
+            if scheme_one:
+                mask_a2b, mask_b2a = att_a2b[:n, :1], att_b2a[:n, :1]
+                # L_AGAN(G, D_YA) (Scheme I): E_x[(D_YA([A_y, G(x)]) - 1)^2], and the same for F, D_XA
+                g_att_adv = (lsgan(run["disc_att_b"](torch.cat([mask_a2b, fake_b], 1)), 1.0)
+                             + lsgan(run["disc_att_a"](torch.cat([mask_b2a, fake_a], 1)), 1.0))
+                # L_tv (Scheme I): sum |A_{h+1,w} - A_{h,w}| + |A_{h,w+1} - A_{h,w}| over both generators' masks
+                g_tv = total_variation(mask_a2b) + total_variation(mask_b2a)
+            # L = L_GAN + lambda_cycle L_cycle + lambda_id L_id (+ L_AGAN + lambda_tv L_tv in Scheme I) (Eq. 9)
+            g_loss = (g_adv + g_att_adv + args.lambda_cycle * g_cycle
+                      + args.lambda_identity * args.lambda_cycle * g_identity + args.lambda_tv * g_tv)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        dist_.average_gradients(gens)
+        opt_g.step()
+
+        # ---------------- Discriminator update (pooled, detached fakes) ----------------
+        for d in discs:
+            d.requires_grad_(True)
+        with common.autocast(args, device):
+            d_loss = 0.0
+            for domain, real, fake, mask in (("a", real_a, fake_a, att_b2a[:n, :1]), ("b", real_b, fake_b, att_a2b[:n, :1])):
+                old_fake, old_mask = pools[domain].query(fake.detach(), mask.detach())
+                logit = run[f"disc_{domain}"](torch.cat([real, old_fake]))
+                # L_D = 0.5 * (E_y[(D_Y(y) - 1)^2] + E_x[D_Y(G(x))^2]) (LSGAN; CycleGAN halves the D objective)
+                d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
+                if scheme_one:
+                    # attention-guided D (Scheme I): real pair [A_y, y] vs fake pair [A_y, G(x)], same mask A_y
+                    pairs = torch.cat([torch.cat([mask.detach(), real], 1), torch.cat([old_mask, old_fake], 1)])
+                    logit = run[f"disc_att_{domain}"](pairs)
+                    d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        dist_.average_gradients(discs)
+        opt_d.step()
+        losses = {"d_loss": d_loss, "g_adv": g_adv + g_att_adv, "g_cycle": g_cycle, "g_identity": g_identity,
+                  "g_tv": g_tv, "g_loss": g_loss}
+        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
+
+    return step
+
+
+# =============================================================================================
+# Phases
+# =============================================================================================
+
+
+@torch.no_grad()
+def translate(run, x, direction):
+    """(output, foreground attention = 1 - background mask) for a batch in eval mode."""
+    out, attention, _ = run[f"gen_{direction}"](x)
+    return out.float(), 1 - attention[:, -1:].float()
+
+
+@torch.no_grad()
+def sample_grid(nets, run, path, real_a, real_b):
+    """Per row: input, output, foreground attention over the input, every attention mask (the last is
+    the background's; black 0, white 1), every content mask; A->B rows first, then B->A rows."""
+    for net in nets.values():
+        net.eval()
+    rows = []
+    for real, direction in ((real_a, "a2b"), (real_b, "b2a")):
+        out, attention, content = run[f"gen_{direction}"](real)
+        rows.append([real, out, common.heat_overlay(1 - attention[:, -1:], real)]
+                    + [common.grey(attention[:, i:i + 1]) for i in range(attention.shape[1])]
+                    + [content[:, i] for i in range(content.shape[1])])
+    common.save_grid(path, [torch.cat(col) for col in zip(*rows)])
+    for net in nets.values():
+        net.train()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="AttentionGAN (Tang et al., TNNLS 2021): attention-guided unpaired image-to-image translation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
+               "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
+    common.add_common_flags(parser, SCRIPT)
+    add = parser.add_argument
+    parser.set_defaults(lr=2e-4)
+    add("--scheme", default="II", choices=["I", "II"],
+        help="II: separate content/attention decoders, n masks (official code); I: one mask, attention-guided D, TV loss")
+    add("--n_masks", type=int, default=10, help="Scheme II: attention masks n (n-1 content masks + the background)")
+    add("--ngf", type=int, default=64, help="generator base channels")
+    add("--ndf", type=int, default=64, help="discriminator base channels")
+    add("--n_res", type=int, default=9, help="residual blocks in the generator")
+    add("--lambda_cycle", type=float, default=10.0, help="cycle-consistency weight, per direction")
+    add("--lambda_identity", type=float, default=0.5, help="identity weight, relative to --lambda_cycle")
+    add("--lambda_tv", type=float, default=1e-6, help="Scheme I: total-variation weight on the attention masks")
+    add("--pool_size", type=int, default=50, help="generated images kept for the D update (0: none)")
+    add("--n_epochs", type=int, default=100, help="epochs at the initial learning rate")
+    add("--n_epochs_decay", type=int, default=100, help="epochs of linear decay to 0")
+    add("--preset", default="paper", choices=["paper", "released"],
+        help="real data: 'released' trains like the released models (60 epochs, batch 4, constant lr)")
+    add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    known, _ = parser.parse_known_args(argv)
+    real_preset = {"iters": None, **(RELEASED_PRESET if known.preset == "released" else {})}
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS)
+    check_img_size(args)
+
+    dist_ = common.Dist("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        common.to_device(net, device)
+    run = {k: common.maybe_compile(v, args) for k, v in nets.items()}
+
+    if args.phase in ("test", "eval"):
+        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        for net in nets.values():
+            net.eval()
+        fn = lambda x, direction: translate(run, x, direction)
+        (common.two_domain_test if args.phase == "test" else common.two_domain_eval)(args, fn, device)
+        return
+
+    gens = [nets["gen_a2b"], nets["gen_b2a"]]
+    discs = [nets[k] for k in nets if k.startswith("disc")]
+    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
+    opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
+    train_a, train_b = common.two_domain_train_sets(args)
+    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.n_epochs + args.n_epochs_decay, dist_)
+    start_step, elapsed = 0, 0.0
+    if args.phase == "train":
+        common.prepare_out(args, dist_)
+        if args.resume:
+            state = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+            start_step, elapsed = state["step"], state["extra"].get("elapsed", 0.0)
+            for d in "ab":
+                pools[d].load_state_dict(state["extra"][f"pool_{d}"], device)
+    dist_.broadcast(nets.values())
+    batches_a = common.train_batches(train_a, args, device, dist_, start_step)
+    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    step = make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_)
+    if args.phase == "bench":
+        common.bench(args, device, step)
+        return
+
+    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
+    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
+
+    def save(it, seconds):
+        extra = {"elapsed": seconds, **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
+        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, extra)
+
+    def sample(it):
+        sample_grid(nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b)
+
+    last = common.train_loop(args, dist_, step, save, sample, start_step, elapsed)
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {SCRIPT}.py --out {args.out} --phase eval")
+    dist_.close()
+
+
+if __name__ == "__main__":
+    common.cli(main)

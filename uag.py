@@ -1,0 +1,345 @@
+"""Unsupervised Attention-guided Image-to-Image Translation. Youssef A. Mejjati, Christian Richardt,
+James Tompkin, Darren Cosker, Kwang In Kim. NeurIPS 2018.
+Paper: https://arxiv.org/abs/1806.02311
+Official TensorFlow code: https://github.com/AlamiMejjati/Unsupervised-Attention-guided-Image-to-Image-Translation
+
+A CycleGAN with one attention network per domain. A_S looks at an image s of domain S and says
+where to translate it; the generator F_{S->T} translates the whole image, and only the attended
+part is kept: s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1). The way back goes through the
+target domain's attention network. From --switch_epoch on, the discriminators see only the
+attended regions (image times the binary mask A >= tau), the attention networks are frozen and
+the discriminators drop their InstanceNorm. --no_attention is the CycleGAN baseline (A = 1) of the
+paper's comparison. Phases: train, test (--input for your own images), eval, bench.
+
+Deviations from the official code:
+ 1. The attention network's last three convolutions are 3x3, 3x3 and 7x7 (reflect-padded), as the
+    code's kernel arguments say. The official code passes them as the filter *height* and a (1, 1)
+    tuple as the width, and its conv helper uses only the width, so they run as 1x1 kernels.
+    --att_kernels official reproduces that.
+ 2. One joint Adam step for both generators (and both attention nets), then one for both Ds, as in
+    the PyTorch CycleGAN; the official code alternates G_A, D_B, G_B, D_A in four session runs. The
+    gradients of each network are the same: G_A's loss terms do not depend on G_B and vice versa.
+ 3. The discriminator is the PyTorch CycleGAN 70x70 PatchGAN (pad 1, no norm in the first layer);
+    the official TF one pads by 2 and normalises the first layer too. Weights start from N(0, 0.02)
+    (official: truncated normal) and InstanceNorm scales from 1 (official: N(1, 0.02)).
+ 4. Epochs: --iters defaults to --epochs passes over the larger domain; the switch and the start of
+    the linear decay sit at the same fraction of the steps as --switch_epoch and --decay_epoch of
+    --epochs, so a short run keeps the schedule's shape; the decay is per step instead of per epoch.
+ 5. Sampling and testing run under torch.no_grad() in eval mode; the frozen attention nets run
+    under no_grad after the switch; D weights need no gradient in the G update.
+"""
+import argparse
+import contextlib
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+SCRIPT = "uag"
+ARCH_FLAGS = ("img_size", "ngf", "ndf", "n_res", "no_attention", "att_kernels")
+TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, iters=2500, sample_every=250, save_every=500, log_every=50,
+                  workers=1)
+
+# =============================================================================================
+# Networks
+# =============================================================================================
+
+
+class ResBlock(nn.Module):
+    """The TF CycleGAN residual block: ReLU(x + IN(conv3(pad(ReLU(IN(conv3(pad(x)))))))), affine IN."""
+
+    def __init__(self, dim, pad_mode):
+        super().__init__()
+        pad = nn.ReflectionPad2d(1) if pad_mode == "reflect" else nn.ZeroPad2d(1)
+        self.block = nn.Sequential(pad, nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim, affine=True), nn.ReLU(True),
+                                   pad, nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim, affine=True))
+
+    def forward(self, x):
+        return F.relu(x + self.block(x))
+
+
+def conv_in_relu(c_in, c_out, kernel, stride=1, pad=0, pad_mode="zeros"):
+    return [nn.Conv2d(c_in, c_out, kernel, stride, pad, padding_mode=pad_mode),
+            nn.InstanceNorm2d(c_out, affine=True), nn.ReLU(True)]
+
+
+class AttentionNet(nn.Module):
+    """A_S: conv7 s2, conv3 s2, one residual block, 2x [nearest upsample x2, conv, IN, ReLU], conv ->
+    sigmoid: one channel in [0, 1] at the input size. kernels='official' makes the last three convs
+    1x1, as the official code runs them (deviation 1)."""
+
+    def __init__(self, ngf=32, kernels="intended"):
+        super().__init__()
+        k3, k7 = (3, 7) if kernels == "intended" else (1, 1)
+        self.model = nn.Sequential(
+            nn.ReflectionPad2d(3), *conv_in_relu(3, ngf, 7, 2),
+            *conv_in_relu(ngf, ngf * 2, 3, 2, 1),
+            ResBlock(ngf * 2, "reflect"),
+            nn.Upsample(scale_factor=2, mode="nearest"), *conv_in_relu(ngf * 2, ngf * 2, k3, 1, k3 // 2, "reflect"),
+            nn.Upsample(scale_factor=2, mode="nearest"), *conv_in_relu(ngf * 2, ngf, k3, 1, k3 // 2, "reflect"),
+            nn.Conv2d(ngf, 1, k7, 1, k7 // 2, padding_mode="reflect"), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class Generator(nn.Module):
+    """F_{S->T}: the TF CycleGAN ResNet-9 (zero padding, affine IN): c7s1-ngf, d2ngf, d4ngf, n_res
+    residual blocks, u2ngf, ungf, c7s1-3, tanh."""
+
+    def __init__(self, ngf=32, n_res=9):
+        super().__init__()
+        layers = [*conv_in_relu(3, ngf, 7, 1, 3), *conv_in_relu(ngf, ngf * 2, 3, 2, 1),
+                  *conv_in_relu(ngf * 2, ngf * 4, 3, 2, 1)]
+        layers += [ResBlock(ngf * 4, "zeros") for _ in range(n_res)]
+        for mult in (4, 2):
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1),
+                       nn.InstanceNorm2d(ngf * mult // 2, affine=True), nn.ReLU(True)]
+        layers += [nn.Conv2d(ngf, 3, 7, 1, 3), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def attend(attention, generated, x):
+    """s' = A(s) * F(s) + (1 - A(s)) * s (Eq. 1): the attended part from F, the rest from the input."""
+    return attention * generated + (1 - attention) * x
+
+
+def check_img_size(args):
+    if args.img_size % 4 or args.img_size < 32:
+        raise common.UserError(f"--img_size {args.img_size} does not work: the networks halve the image twice and "
+                               f"double it back (a multiple of 4), and the 70x70 PatchGAN needs at least 32 px.")
+
+
+def build_networks(args):
+    nets = {"gen_a2b": Generator(args.ngf, args.n_res), "gen_b2a": Generator(args.ngf, args.n_res),
+            "disc_a": common.PatchGAN(3, args.ndf), "disc_b": common.PatchGAN(3, args.ndf)}
+    if not args.no_attention:
+        nets["att_a"], nets["att_b"] = AttentionNet(args.ngf, args.att_kernels), AttentionNet(args.ngf, args.att_kernels)
+    for net in nets.values():
+        common.init_normal(net)
+    return nets
+
+
+class Translator:
+    """The forward pass s -> (s', A(s), F(s)) of one direction; A = 1 without attention nets."""
+
+    def __init__(self, run, no_grad_attention=False):
+        self.run, self.no_grad_attention = run, no_grad_attention
+
+    def attention(self, x, domain):
+        if f"att_{domain}" not in self.run:
+            return torch.ones_like(x[:, :1])
+        with torch.no_grad() if self.no_grad_attention else contextlib.nullcontext():
+            return self.run[f"att_{domain}"](x)
+
+    def __call__(self, x, direction):
+        attention = self.attention(x, direction[0])
+        generated = self.run[f"gen_{direction}"](x)
+        return attend(attention, generated, x), attention, generated
+
+
+# =============================================================================================
+# Losses
+# =============================================================================================
+
+
+def lsgan(x, target):
+    """Least-squares GAN term: mean (x - target)^2 (official lsgan_loss_*)."""
+    return F.mse_loss(x, torch.full_like(x, target))
+
+
+def foreground(image, attention, tau):
+    """What the attention-guided D sees (Sec. 3.2): s_new = s * (A(s) >= tau). tau = 0: the whole image."""
+    return image * (attention >= tau).to(image.dtype)
+
+
+# =============================================================================================
+# The training step
+# =============================================================================================
+
+
+def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_):
+    """Returns step(step) -> losses: G update (and A before the switch), then D update on pooled fakes."""
+    gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
+    discs = [nets["disc_a"], nets["disc_b"]]
+    switch_step = args.iters * args.switch_epoch / args.epochs if not args.no_attention else float("inf")
+    decay_start = args.iters * args.decay_epoch / args.epochs
+    translator = Translator(run)
+
+    def switch():
+        """From the switch on: attention nets frozen, D without InstanceNorm, D sees foregrounds only."""
+        for k in ("att_a", "att_b"):
+            nets[k].requires_grad_(False)
+        for d in discs:
+            d.drop_norm()
+        translator.no_grad_attention = True
+
+    def step(it):
+        switched = it > switch_step
+        if switched and not translator.no_grad_attention:
+            switch()
+        tau = args.tau if switched else 0.0
+        lr = common.linear_decay(it, args.lr, args.iters, decay_start)
+        common.set_lr([opt_g, opt_d], lr)
+        real_a, real_b = next(batches_a), next(batches_b)
+        n = real_a.shape[0]
+
+        # ---------------- Generator (and attention) update ----------------
+        for d in discs:
+            d.requires_grad_(False)
+        with common.autocast(args, device):
+            # s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1)
+            fake_b, att_a, _ = translator(real_a, "a2b")
+            fake_a, att_b, _ = translator(real_b, "b2a")
+            # s'' = A_T(s') * F_{T->S}(s') + (1 - A_T(s')) * s' (Eq. 3): back through the target's attention
+            rec_a, _, _ = translator(fake_b, "b2a")
+            rec_b, _, _ = translator(fake_a, "a2b")
+            # L_adv^G (Eq. 2, LSGAN): E_s[(D_T(s') - 1)^2]; after the switch D_T sees s' * (A_S(s) >= tau) (Eq. 5)
+            g_adv = (lsgan(run["disc_b"](foreground(fake_b, att_a.detach(), tau)), 1.0)
+                     + lsgan(run["disc_a"](foreground(fake_a, att_b.detach(), tau)), 1.0))
+            # L_cyc (Eq. 3): E_s |s - s''|_1 + E_t |t - t''|_1
+            g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+            # L = L_adv + lambda_cyc L_cyc (Eq. 4), no identity term
+            g_loss = g_adv + args.lambda_cycle * g_cycle
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        dist_.average_gradients(gens)
+        opt_g.step()
+
+        # ---------------- Discriminator update (pooled (image, source attention) pairs) ----------------
+        for d in discs:
+            d.requires_grad_(True)
+        with common.autocast(args, device):
+            d_loss = 0.0
+            # real images are masked by their own domain's attention, fakes by their source image's
+            for domain, real, real_att, fake, fake_att in (("a", real_a, att_a, fake_a, att_b), ("b", real_b, att_b, fake_b, att_a)):
+                old_fake, old_att = pools[domain].query(fake.detach(), fake_att.detach())
+                logit = run[f"disc_{domain}"](torch.cat([foreground(real, real_att.detach(), tau),
+                                                         foreground(old_fake, old_att, tau)]))
+                # L_adv^D (Eq. 2, LSGAN, halved as in the official code): 0.5 (E_t[(D(t) - 1)^2] + E_s[D(s')^2])
+                d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        dist_.average_gradients(discs)
+        opt_d.step()
+        losses = {"d_loss": d_loss, "g_adv": g_adv, "g_cycle": g_cycle, "g_loss": g_loss,
+                  "attention_mean": (att_a.mean() + att_b.mean()) / 2}
+        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
+
+    return step
+
+
+# =============================================================================================
+# Phases
+# =============================================================================================
+
+
+@torch.no_grad()
+def sample_grid(nets, run, path, real_a, real_b, tau):
+    """Per row: input, attention A(s) (black 0, white 1), A over the input, what the attention-guided D
+    sees (s * (A >= tau)), F(s), the translation s', the cycle's attention A_T(s'), the cycle s''."""
+    for net in nets.values():
+        net.eval()
+    translator, rows = Translator(run), []
+    for real, fwd, back in ((real_a, "a2b", "b2a"), (real_b, "b2a", "a2b")):
+        fake, att, generated = translator(real, fwd)
+        rec, att_back, _ = translator(fake, back)
+        rows.append([real, common.grey(att), common.heat_overlay(att, real), foreground(real, att, tau),
+                     generated, fake, common.grey(att_back), rec])
+    common.save_grid(path, [torch.cat(col) for col in zip(*rows)])
+    for net in nets.values():
+        net.train()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="UAG (Mejjati et al., NeurIPS 2018): unsupervised attention-guided image-to-image translation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
+               "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
+    common.add_common_flags(parser, SCRIPT)
+    add = parser.add_argument
+    add("--ngf", type=int, default=32, help="base channels of the generators and attention nets")
+    add("--ndf", type=int, default=64, help="discriminator base channels")
+    add("--n_res", type=int, default=9, help="residual blocks in the generator")
+    add("--lambda_cycle", type=float, default=10.0, help="cycle-consistency weight, per direction")
+    add("--pool_size", type=int, default=50, help="(image, attention) pairs kept for the D update (0: none)")
+    add("--epochs", type=float, default=100, help="training epochs (sets --iters when it is not given)")
+    add("--decay_epoch", type=float, default=50, help="the learning rate falls linearly to 0 from this epoch on")
+    add("--switch_epoch", type=float, default=30,
+        help="from this epoch on D sees only attended regions, the attention nets are frozen and D drops its norm")
+    add("--tau", type=float, default=0.1, help="attention threshold of the attention-guided discriminator")
+    add("--no_attention", action="store_true", help="baseline: no attention nets (A = 1), i.e. CycleGAN without identity loss")
+    add("--att_kernels", default="intended", choices=["intended", "official"],
+        help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
+    add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    parser.set_defaults(lr=1e-4)
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS)
+    check_img_size(args)
+
+    dist_ = common.Dist("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        common.to_device(net, device)
+    run = {k: common.maybe_compile(v, args) for k, v in nets.items()}
+
+    if args.phase in ("test", "eval"):
+        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        for net in nets.values():
+            net.eval()
+        translator = Translator(run)
+        fn = lambda x, direction: (lambda out, att, _: (out.float(), att.float()))(*translator(x, direction))
+        with torch.no_grad():
+            (common.two_domain_test if args.phase == "test" else common.two_domain_eval)(args, fn, device)
+        return
+
+    gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
+    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
+    opt_d = common.adam([p for d in ("disc_a", "disc_b") for p in nets[d].parameters()], args.lr, (0.5, 0.999), device)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
+    train_a, train_b = common.two_domain_train_sets(args)
+    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.epochs, dist_)
+    start_step, elapsed = 0, 0.0
+    if args.phase == "train":
+        common.prepare_out(args, dist_)
+        if args.resume:
+            state = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+            start_step, elapsed = state["step"], state["extra"].get("elapsed", 0.0)
+            for d in "ab":
+                pools[d].load_state_dict(state["extra"][f"pool_{d}"], device)
+    dist_.broadcast(nets.values())
+    batches_a = common.train_batches(train_a, args, device, dist_, start_step)
+    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    step = make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_)
+    if args.phase == "bench":
+        common.bench(args, device, step)
+        return
+
+    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
+    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
+
+    def save(it, seconds):
+        extra = {"elapsed": seconds, **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
+        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, extra)
+
+    def sample(it):
+        sample_grid(nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b, args.tau)
+
+    last = common.train_loop(args, dist_, step, save, sample, start_step, elapsed)
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {SCRIPT}.py --out {args.out} --phase eval")
+    dist_.close()
+
+
+if __name__ == "__main__":
+    common.cli(main)
