@@ -40,7 +40,7 @@ import common
 
 SCRIPT = "uag"
 ARCH_FLAGS = ("img_size", "ngf", "ndf", "n_res", "no_attention", "att_kernels")
-TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, iters=2500, sample_every=250, save_every=500, log_every=50,
+TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, lr=2e-4, iters=2500, sample_every=250, save_every=500, log_every=50,
                   workers=1)
 
 # =============================================================================================
@@ -241,6 +241,13 @@ def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, 
 
 
 @torch.no_grad()
+def translate(translator, x, direction):
+    """(output s', attention A(s)) for a batch in eval mode."""
+    out, attention, _ = translator(x, direction)
+    return out.float(), attention.float()
+
+
+@torch.no_grad()
 def sample_grid(nets, run, path, real_a, real_b, tau):
     """Per row: input, attention A(s) (black 0, white 1), A over the input, what the attention-guided D
     sees (s * (A >= tau)), F(s), the translation s', the cycle's attention A_T(s'), the cycle s''."""
@@ -296,9 +303,8 @@ def main(argv=None):
         for net in nets.values():
             net.eval()
         translator = Translator(run)
-        fn = lambda x, direction: (lambda out, att, _: (out.float(), att.float()))(*translator(x, direction))
-        with torch.no_grad():
-            (common.two_domain_test if args.phase == "test" else common.two_domain_eval)(args, fn, device)
+        fn = lambda x, direction: translate(translator, x, direction)
+        (common.two_domain_test if args.phase == "test" else common.two_domain_eval)(args, fn, device)
         return
 
     gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
