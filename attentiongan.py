@@ -14,6 +14,9 @@ G(x) = C * A + x * (1 - A), with the paper's attention-guided discriminators and
 LSGAN + cycle + identity losses, a pool of 50 generated images. Phases: train, test (--input for
 your own images), eval (toy metrics or KID/FID), bench.
 
+Loss comments name the paper's terms; its equation numbers could not be checked on this offline
+machine, so they are not quoted.
+
 Deviations from the paper / official code:
  1. Scheme I's attention-guided discriminators D_XA, D_YA (they see the pair [attention, image]) and
     its total-variation loss on the attention mask are implemented from the paper; the official
@@ -77,7 +80,7 @@ def up_path(ngf):
 
 
 def compose(content, attention, x):
-    """G(x) = sum_{i<n} C_i * A_i + x * A_n (paper Eq. for Scheme II; Scheme I is the case n = 2 with
+    """G(x) = sum_{i<n} C_i * A_i + x * A_n (Scheme II; Scheme I is the case n = 2 with
     A_2 = 1 - A_1). content (N, n-1, 3, H, W), attention (N, n, H, W), x (N, 3, H, W)."""
     return (content * attention[:, :-1, None]).sum(1) + x * attention[:, -1:]
 
@@ -201,11 +204,11 @@ def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, 
             fake_b, idt_b, fake_a, idt_a = out_a2b[:n], out_a2b[n:], out_b2a[:n], out_b2a[n:]
             rec_a, _, _ = gen_b2a(fake_b)
             rec_b, _, _ = gen_a2b(fake_a)
-            # L_GAN(G, D_Y) (Eq. 4, LSGAN form): E_x[(D_Y(G(x)) - 1)^2], and the same for F, D_X
+            # L_GAN(G, D_Y) (adversarial loss, LSGAN form): E_x[(D_Y(G(x)) - 1)^2], and the same for F, D_X
             g_adv = lsgan(run["disc_b"](fake_b), 1.0) + lsgan(run["disc_a"](fake_a), 1.0)
-            # L_cycle (Eq. 7): E_x |F(G(x)) - x|_1 + E_y |G(F(y)) - y|_1
+            # L_cycle (cycle-consistency loss): E_x |F(G(x)) - x|_1 + E_y |G(F(y)) - y|_1
             g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
-            # L_id (Eq. 8): E_y |G(y) - y|_1 + E_x |F(x) - x|_1, weighted lambda_identity * lambda_cycle
+            # L_id (identity-preserving loss): E_y |G(y) - y|_1 + E_x |F(x) - x|_1, weighted lambda_identity * lambda_cycle
             g_identity = F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a)
             g_att_adv = g_tv = torch.zeros((), device=device)
             if scheme_one:
@@ -215,7 +218,7 @@ def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, 
                              + lsgan(run["disc_att_a"](torch.cat([mask_b2a, fake_a], 1)), 1.0))
                 # L_tv (Scheme I): sum |A_{h+1,w} - A_{h,w}| + |A_{h,w+1} - A_{h,w}| over both generators' masks
                 g_tv = total_variation(mask_a2b) + total_variation(mask_b2a)
-            # L = L_GAN + lambda_cycle L_cycle + lambda_id L_id (+ L_AGAN + lambda_tv L_tv in Scheme I) (Eq. 9)
+            # L = L_GAN + lambda_cycle L_cycle + lambda_id L_id (+ L_AGAN + lambda_tv L_tv in Scheme I) (full objective)
             g_loss = (g_adv + g_att_adv + args.lambda_cycle * g_cycle
                       + args.lambda_identity * args.lambda_cycle * g_identity + args.lambda_tv * g_tv)
         opt_g.zero_grad(set_to_none=True)
@@ -229,13 +232,14 @@ def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, 
         with common.autocast(args, device):
             d_loss = 0.0
             for domain, real, fake, mask in (("a", real_a, fake_a, att_b2a[:n, :1]), ("b", real_b, fake_b, att_a2b[:n, :1])):
-                old_fake, old_mask = pools[domain].query(fake.detach(), mask.detach())
+                # the pool keeps (fake, its attention) pairs for Scheme I's attention-guided D
+                old_fake, *old_mask = pools[domain].query(fake.detach(), *([mask.detach()] if scheme_one else []))
                 logit = run[f"disc_{domain}"](torch.cat([real, old_fake]))
                 # L_D = 0.5 * (E_y[(D_Y(y) - 1)^2] + E_x[D_Y(G(x))^2]) (LSGAN; CycleGAN halves the D objective)
                 d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
                 if scheme_one:
                     # attention-guided D (Scheme I): real pair [A_y, y] vs fake pair [A_y, G(x)], same mask A_y
-                    pairs = torch.cat([torch.cat([mask.detach(), real], 1), torch.cat([old_mask, old_fake], 1)])
+                    pairs = torch.cat([torch.cat([mask.detach(), real], 1), torch.cat([old_mask[0], old_fake], 1)])
                     logit = run[f"disc_att_{domain}"](pairs)
                     d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
         opt_d.zero_grad(set_to_none=True)

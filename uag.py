@@ -11,6 +11,9 @@ attended regions (image times the binary mask A >= tau), the attention networks 
 the discriminators drop their InstanceNorm. --no_attention is the CycleGAN baseline (A = 1) of the
 paper's comparison. Phases: train, test (--input for your own images), eval, bench.
 
+Eq. 1 is the paper's numbering; the other loss comments name the paper's terms (their equation
+numbers could not be checked on this offline machine).
+
 Deviations from the official code:
  1. The attention network's last three convolutions are 3x3, 3x3 and 7x7 (reflect-padded), as the
     code's kernel arguments say. The official code passes them as the filter *height* and a (1, 1)
@@ -155,7 +158,7 @@ def lsgan(x, target):
 
 
 def foreground(image, attention, tau):
-    """What the attention-guided D sees (Sec. 3.2): s_new = s * (A(s) >= tau). tau = 0: the whole image."""
+    """What the attention-guided D sees (Sec. 3): s_new = s * (A(s) >= tau). tau = 0: the whole image."""
     return image * (attention >= tau).to(image.dtype)
 
 
@@ -197,15 +200,15 @@ def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, 
             # s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1)
             fake_b, att_a, _ = translator(real_a, "a2b")
             fake_a, att_b, _ = translator(real_b, "b2a")
-            # s'' = A_T(s') * F_{T->S}(s') + (1 - A_T(s')) * s' (Eq. 3): back through the target's attention
+            # s'' = A_T(s') * F_{T->S}(s') + (1 - A_T(s')) * s': back through the target's attention (Sec. 3)
             rec_a, _, _ = translator(fake_b, "b2a")
             rec_b, _, _ = translator(fake_a, "a2b")
-            # L_adv^G (Eq. 2, LSGAN): E_s[(D_T(s') - 1)^2]; after the switch D_T sees s' * (A_S(s) >= tau) (Eq. 5)
+            # L_adv^G (LSGAN): E_s[(D_T(s') - 1)^2]; after the switch D_T sees s' * (A_S(s) >= tau)
             g_adv = (lsgan(run["disc_b"](foreground(fake_b, att_a.detach(), tau)), 1.0)
                      + lsgan(run["disc_a"](foreground(fake_a, att_b.detach(), tau)), 1.0))
-            # L_cyc (Eq. 3): E_s |s - s''|_1 + E_t |t - t''|_1
+            # L_cyc (cycle-consistency loss): E_s |s - s''|_1 + E_t |t - t''|_1
             g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
-            # L = L_adv + lambda_cyc L_cyc (Eq. 4), no identity term
+            # L = L_adv + lambda_cyc L_cyc (full objective), no identity term
             g_loss = g_adv + args.lambda_cycle * g_cycle
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -222,7 +225,7 @@ def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, 
                 old_fake, old_att = pools[domain].query(fake.detach(), fake_att.detach())
                 logit = run[f"disc_{domain}"](torch.cat([foreground(real, real_att.detach(), tau),
                                                          foreground(old_fake, old_att, tau)]))
-                # L_adv^D (Eq. 2, LSGAN, halved as in the official code): 0.5 (E_t[(D(t) - 1)^2] + E_s[D(s')^2])
+                # L_adv^D (LSGAN, halved as in the official code): 0.5 (E_t[(D(t) - 1)^2] + E_s[D(s')^2])
                 d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()

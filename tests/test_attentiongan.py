@@ -86,7 +86,7 @@ def test_total_variation_by_hand():
 
 
 def test_scheme_one_has_attention_guided_discriminators_on_four_channels():
-    args = argparse.Namespace(scheme="I", ngf=4, n_res=1, n_masks=10, ndf=4)
+    args = argparse.Namespace(scheme="I", ngf=4, n_res=1, n_masks=10, ndf=4, bg_init=0.0)
     nets = attentiongan.build_networks(args)
     assert set(nets) == {"gen_a2b", "gen_b2a", "disc_a", "disc_b", "disc_att_a", "disc_att_b"}
     assert nets["disc_att_a"].model[0].in_channels == 4 and nets["disc_a"].model[0].in_channels == 3
@@ -178,3 +178,15 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     attentiongan.main(["--phase", "bench", "--out", str(tmp_path / "b"), "--data_root", data_root, *TINY])
     result = json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1])
     assert result["img_size"] == 32 and result["it_s"] > 0 and result["peak_mem_mb"] > 0
+
+
+@pytest.mark.parametrize("scheme", ["II", "I"])
+def test_bg_init_starts_the_background_attention_there(scheme):
+    args = argparse.Namespace(scheme=scheme, ngf=4, n_res=1, n_masks=10, ndf=4, bg_init=0.5)
+    torch.manual_seed(0)
+    gen = attentiongan.build_networks(args)["gen_a2b"]
+    _, attention, _ = gen(torch.randn(2, 3, 32, 32))
+    assert attention[:, -1].mean().item() == pytest.approx(0.5, abs=0.02)
+    args.bg_init = 0.0  # the official init: uniform over the masks
+    _, attention, _ = attentiongan.build_networks(args)["gen_a2b"](torch.randn(2, 3, 32, 32))
+    assert attention[:, -1].mean().item() == pytest.approx(1 / attention.shape[1], abs=0.02)

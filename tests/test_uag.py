@@ -3,8 +3,10 @@ import argparse
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import common
 import uag
@@ -131,6 +133,10 @@ def test_train_test_eval_on_toy_and_the_baseline(tmp_path, data_root):
     assert os.path.exists(os.path.join(out, "samples", "step_0000004.png"))
     uag.main(["--phase", "test", "--out", out, "--data_root", data_root, "--workers", "0", "--direction", "a2b"])
     assert len(os.listdir(os.path.join(out, "test", "a2b"))) == 2 * common.TOY_SPLIT_SIZES["test"]
+    photo = tmp_path / "me.png"
+    Image.fromarray(np.full((40, 50, 4), 200, np.uint8)).save(photo)  # RGBA, not square
+    uag.main(["--phase", "test", "--out", out, "--input", str(photo), "--direction", "b2a", "--workers", "0"])
+    assert sorted(os.listdir(os.path.join(out, "test", "b2a"))) == ["me.png", "me_attention.png"]
     uag.main(["--phase", "eval", "--out", out, "--data_root", data_root, "--workers", "0"])
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert 0 <= metrics["a2b"]["attention_iou"] <= 1 and metrics["b2a"]["background_psnr_db"] > 0
