@@ -1561,6 +1561,54 @@ def two_domain_eval(args, translate, device):
     return results
 
 
+def start_run(args, build_networks):
+    """The opening every two-domain script shares: process group, device, seed, the networks on
+    the device and their (under --compile, compiled) callables. Returns (dist_, device, nets, run)."""
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    dist_ = Dist("cuda" if cuda else "cpu")
+    device = pick_device(args, dist_.local_rank)
+    seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        to_device(net, device)
+    return dist_, device, nets, {k: maybe_compile(v, args) for k, v in nets.items()}
+
+
+def test_or_eval(args, script, nets, translate, device):
+    """--phase test / eval of a two-domain script: load the checkpoint's networks, eval mode, then
+    two_domain_test or two_domain_eval with translate(x, direction) -> (output, attention)."""
+    load_checkpoint(args.ckpt, script, nets)
+    for net in nets.values():
+        net.eval()
+    (two_domain_test if args.phase == "test" else two_domain_eval)(args, translate, device)
+
+
+def begin_training(args, script, dist_, device, nets, optimizers, train_a, train_b):
+    """--phase train / bench: create --out (train), load the checkpoint under --resume, broadcast the
+    weights (torchrun), start both data streams at the resumed step.
+    Returns (start_step, elapsed seconds, the checkpoint's extra dict, batches_a, batches_b)."""
+    start_step, elapsed, extra = 0, 0.0, {}
+    if args.phase == "train":
+        prepare_out(args, dist_)
+        if args.resume:
+            state = load_checkpoint(args.ckpt, script, nets, optimizers)
+            start_step, extra = state["step"], state["extra"]
+            elapsed = extra.get("elapsed", 0.0)
+    dist_.broadcast(nets.values())
+    batches_a = train_batches(train_a, args, device, dist_, start_step)
+    batches_b = train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    return start_step, elapsed, extra, batches_a, batches_b
+
+
+def finish_training(args, script, dist_, nets, step_fn, save_fn, sample_fn, start_step, elapsed):
+    """Run train_loop, check the replicas agree (torchrun) and say what to do next."""
+    last = train_loop(args, dist_, step_fn, save_fn, sample_fn, start_step, elapsed)
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {script}.py --out {args.out} --phase eval")
+    dist_.close()
+
+
 def print_metrics(results):
     """A small table: one row per direction, one column per metric."""
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}

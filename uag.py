@@ -293,21 +293,11 @@ def main(argv=None):
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS)
     check_img_size(args)
 
-    dist_ = common.Dist("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = common.pick_device(args, dist_.local_rank)
-    common.seed_everything(args.seed)
-    nets = build_networks(args)
-    for net in nets.values():
-        common.to_device(net, device)
-    run = {k: common.maybe_compile(v, args) for k, v in nets.items()}
+    dist_, device, nets, run = common.start_run(args, build_networks)
 
     if args.phase in ("test", "eval"):
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
-        for net in nets.values():
-            net.eval()
         translator = Translator(run)
-        fn = lambda x, direction: translate(translator, x, direction)
-        (common.two_domain_test if args.phase == "test" else common.two_domain_eval)(args, fn, device)
+        common.test_or_eval(args, SCRIPT, nets, lambda x, direction: translate(translator, x, direction), device)
         return
 
     gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
@@ -317,17 +307,11 @@ def main(argv=None):
     pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
     train_a, train_b = common.two_domain_train_sets(args)
     common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.epochs, dist_)
-    start_step, elapsed = 0, 0.0
-    if args.phase == "train":
-        common.prepare_out(args, dist_)
-        if args.resume:
-            state = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
-            start_step, elapsed = state["step"], state["extra"].get("elapsed", 0.0)
-            for d in "ab":
-                pools[d].load_state_dict(state["extra"][f"pool_{d}"], device)
-    dist_.broadcast(nets.values())
-    batches_a = common.train_batches(train_a, args, device, dist_, start_step)
-    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    start_step, elapsed, extra, batches_a, batches_b = common.begin_training(
+        args, SCRIPT, dist_, device, nets, optimizers, train_a, train_b)
+    for d, pool in pools.items():  # a resumed run continues with its saved pools
+        if f"pool_{d}" in extra:
+            pool.load_state_dict(extra[f"pool_{d}"], device)
     step = make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_)
     if args.phase == "bench":
         common.bench(args, device, step)
@@ -343,11 +327,7 @@ def main(argv=None):
     def sample(it):
         sample_grid(nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b, args.tau)
 
-    last = common.train_loop(args, dist_, step, save, sample, start_step, elapsed)
-    dist_.check_replicas(nets.values())
-    if dist_.main:
-        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {SCRIPT}.py --out {args.out} --phase eval")
-    dist_.close()
+    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
 
 
 if __name__ == "__main__":

@@ -419,23 +419,10 @@ def main(argv=None):
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
     check_img_size(args)
 
-    dist_ = common.Dist("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = common.pick_device(args, dist_.local_rank)
-    common.seed_everything(args.seed)
-    nets = build_networks(args)
-    for net in nets.values():
-        common.to_device(net, device)
-    run = {k: common.maybe_compile(v, args) for k, v in nets.items()}
+    dist_, device, nets, run = common.start_run(args, build_networks)
 
     if args.phase in ("test", "eval"):
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
-        for net in nets.values():
-            net.eval()
-        fn = lambda x, direction: translate(run, x, direction)
-        if args.phase == "test":
-            common.two_domain_test(args, fn, device)
-        else:
-            common.two_domain_eval(args, fn, device)
+        common.test_or_eval(args, SCRIPT, nets, lambda x, direction: translate(run, x, direction), device)
         return
 
     gens = [nets["gen_a2b"], nets["gen_b2a"]]
@@ -443,16 +430,9 @@ def main(argv=None):
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    start_step, elapsed = 0, 0.0
-    if args.phase == "train":
-        common.prepare_out(args, dist_)
-        if args.resume:
-            state = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
-            start_step, elapsed = state["step"], state["extra"].get("elapsed", 0.0)
-    dist_.broadcast(nets.values())
     train_a, train_b = common.two_domain_train_sets(args)
-    batches_a = common.train_batches(train_a, args, device, dist_, start_step)
-    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    start_step, elapsed, _, batches_a, batches_b = common.begin_training(
+        args, SCRIPT, dist_, device, nets, optimizers, train_a, train_b)
     step = make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device, dist_)
     if args.phase == "bench":
         common.bench(args, device, step)
@@ -468,11 +448,7 @@ def main(argv=None):
     def sample(it):
         sample_grid(args, nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b)
 
-    last = common.train_loop(args, dist_, step, save, sample, start_step, elapsed)
-    dist_.check_replicas(nets.values())
-    if dist_.main:
-        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {SCRIPT}.py --out {args.out} --phase eval")
-    dist_.close()
+    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
 
 
 if __name__ == "__main__":

@@ -182,11 +182,11 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
 
 @pytest.mark.parametrize("scheme", ["II", "I"])
 def test_bg_init_starts_the_background_attention_there(scheme):
-    args = argparse.Namespace(scheme=scheme, ngf=4, n_res=1, n_masks=10, ndf=4, bg_init=0.5)
+    args = argparse.Namespace(scheme=scheme, ngf=4, n_res=1, n_masks=10, ndf=4, bg_init=0.8)
     torch.manual_seed(0)
     gen = attentiongan.build_networks(args)["gen_a2b"]
     _, attention, _ = gen(torch.randn(2, 3, 32, 32))
-    assert attention[:, -1].mean().item() == pytest.approx(0.5, abs=0.02)
+    assert attention[:, -1].mean().item() == pytest.approx(0.8, abs=0.05)
     args.bg_init = 0.0  # the official init: uniform over the masks
     _, attention, _ = attentiongan.build_networks(args)["gen_a2b"](torch.randn(2, 3, 32, 32))
-    assert attention[:, -1].mean().item() == pytest.approx(1 / attention.shape[1], abs=0.02)
+    assert attention[:, -1].mean().item() == pytest.approx(1 / attention.shape[1], abs=0.05)

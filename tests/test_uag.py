@@ -142,7 +142,7 @@ def test_train_test_eval_on_toy_and_the_baseline(tmp_path, data_root):
     assert 0 <= metrics["a2b"]["attention_iou"] <= 1 and metrics["b2a"]["background_psnr_db"] > 0
     base = str(tmp_path / "base")
     uag.main(["--iters", "2", "--out", base, "--data_root", data_root, "--no_attention", *TINY])
-    uag.main(["--phase", "eval", "--out", base, "--data_root", data_root, "--workers", "0"])
+    uag.main(["--phase", "eval", "--out", base, "--data_root", data_root, "--workers", "0", "--direction", "a2b"])
     metrics = json.load(open(os.path.join(base, "metrics.json")))
     # A = 1 selects the whole image: IoU = ellipse area / image area, small
     masks = torch.stack([common.ToyDataset("toy", "test", 32, "A")[i]["mask"] for i in range(200)])
