@@ -52,12 +52,12 @@ def cli(main):
         sys.exit(2)
 
 
-def add_common_flags(parser, script):
+def add_common_flags(parser, script, extra_phases=(), data="toy"):
     """The flags every script has (SPEC section 1). Paper flags are added by the script."""
     add = parser.add_argument
-    add("--data", default="toy", help="toy dataset (toy, toy-shape, toy-attr), a dataset name under --data_root, or a path")
+    add("--data", default=data, help="toy dataset (toy, toy-shape, toy-attr), a dataset name under --data_root, or a path")
     add("--data_root", default="dataset", help="folder holding datasets (and the cached toy judge)")
-    add("--phase", default="train", choices=["train", "test", "eval", "bench"], help="what to do")
+    add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
     add("--img_size", type=int, default=256, help="image side in pixels")
     add("--batch_size", type=int, default=1, help="images per domain per step (per process under torchrun)")
     add("--iters", type=int, default=1_000_000, help="training iterations")
@@ -335,10 +335,13 @@ def ugatit_transform(im, size, rng):
 
 class ImageFiles(torch.utils.data.Dataset):
     """Images of one domain and split. Items are indices, or (index, augmentation seed) pairs from
-    InfiniteSampler. An unreadable file is skipped (the next one is used) and counted."""
+    InfiniteSampler. An unreadable file is skipped (the next one is used) and counted.
+    `labels` ((len, G) LongTensor) adds each image's attribute labels to its item; `transform(im,
+    size, rng)` replaces the U-GAT-IT transform (rng is None at test time)."""
 
-    def __init__(self, files, size, train, root=None):
+    def __init__(self, files, size, train, root=None, labels=None, transform=None):
         self.files, self.size, self.train, self.root = files, size, train, root
+        self.labels, self.transform = labels, transform
 
     def __len__(self):
         return len(self.files)
@@ -352,12 +355,18 @@ class ImageFiles(torch.utils.data.Dataset):
             except Exception as e:  # PIL raises many kinds for broken files
                 print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
                 continue
-            if self.train:
-                im = ugatit_transform(im, self.size, random.Random(aug_seed))
+            rng = random.Random(aug_seed) if self.train else None
+            if self.transform is not None:
+                im = self.transform(im, self.size, rng)
+            elif self.train:
+                im = ugatit_transform(im, self.size, rng)
             else:
                 im = im.resize((self.size, self.size), Image.BILINEAR)
             name = os.path.relpath(path, self.root) if self.root else os.path.basename(path)
-            return {"image": pil_to_tensor(im), "name": os.path.splitext(name)[0], "skipped": tries}
+            item = {"image": pil_to_tensor(im), "name": os.path.splitext(name)[0], "skipped": tries}
+            if self.labels is not None:
+                item["labels"] = self.labels[(index + tries) % len(self.files)]
+            return item
         raise RuntimeError(f"none of the {len(self.files)} images under {self.root} can be read")
 
 
@@ -381,26 +390,28 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
 
 class Batches:
-    """Iterator over device batches of one domain (the image tensor only)."""
+    """Iterator over device batches: the image tensor, or (images, labels) with `labels`."""
 
-    def __init__(self, loader, device):
-        self.it, self.device = iter(loader), device
+    def __init__(self, loader, device, labels=False):
+        self.it, self.device, self.labels = iter(loader), device, labels
 
     def __next__(self):
         batch = next(self.it)
         _stats["skipped"] += int(batch["skipped"].sum())
         x = batch["image"].to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (x, batch["labels"].to(self.device, non_blocking=True)) if self.labels else x
 
 
-def train_batches(dataset, args, device, dist_, start_step, seed_offset=0):
+def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, labels=False):
     """Endless training batches from `start_step` on; workers, pin_memory, persistent workers."""
     sampler = InfiniteSampler(len(dataset), args.seed + seed_offset, start_step * args.batch_size,
                               dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True)
-    return Batches(loader, device)
+    return Batches(loader, device, labels)
 
 
 def _layout_help(root):
@@ -684,6 +695,17 @@ def _toy_shirt(rng, labels, xx, yy, size):
     return background, image, shirt, torso, sleeves_long
 
 
+def _toy_attr_draw_labels(rng):
+    """toy-attr's labels: the first draws of each sample's generator (one value per group)."""
+    return [int(rng.integers(len(values))) for values in TOY_ATTRS.values()]
+
+
+def toy_attr_labels(split, seed=0):
+    """(N, 4) labels of a whole toy-attr split, without rendering the images."""
+    return torch.tensor([_toy_attr_draw_labels(_toy_rng("toy-attr", split, i, None, seed))
+                         for i in range(TOY_SPLIT_SIZES[split])], dtype=torch.long)
+
+
 def toy_render(name, split, index, size, domain=None, seed=0):
     """Render sample `index` of a toy dataset at `size` px.
 
@@ -697,7 +719,7 @@ def toy_render(name, split, index, size, domain=None, seed=0):
     xx, yy = np.meshgrid(c, c)
     out = {}
     if name == "toy-attr":
-        labels = [int(rng.integers(len(values))) for values in TOY_ATTRS.values()]
+        labels = _toy_attr_draw_labels(rng)
         background, image, mask, torso, sleeves = _toy_shirt(rng, labels, xx, yy, size)
         out["mask_torso"] = torch.from_numpy(torso[None].astype(np.float32))
         out["mask_sleeves"] = torch.from_numpy(sleeves[None].astype(np.float32))
@@ -860,18 +882,269 @@ def load_toy_judge(name, size, data_root, device="cpu", seed=0):
     return judge.to(device).eval(), accuracy
 
 # =============================================================================================
+# Attribute data (amgan.py, camconsistency.py): CelebA, labels.csv, toy-attr
+# =============================================================================================
+
+CELEBA_ATTR_FILE = "list_attr_celeba.txt"
+CELEBA_DEFAULT_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
+CELEBA_HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")  # StarGAN keeps one hair colour at a time
+TOY_ATTR_DEFAULT = ("color", "sleeve")  # size and bg are nuisance groups (reference matching)
+TOY_ATTR_REGIONS = {"color": "mask", "sleeve": "mask_sleeves"}  # GT region of a change of that group
+ATTR_TEST_SIZE = 2000  # test images taken from CelebA and labels.csv datasets (StarGAN, AMGAN)
+
+
+class AttributeSet:
+    """The attribute groups of a dataset, and which of them are manipulated (--attrs).
+
+    A group is categorical (values like color=red, one-hot in label vectors, cross-entropy) or
+    binary (a CelebA attribute, values "0"/"1", one column, BCE). Labels are (N, G) value indices
+    over all G groups; label vectors cover the manipulated groups only, in --attrs order."""
+
+    def __init__(self, names, values, binary, manipulated, exclusive=()):
+        self.names, self.values, self.binary = list(names), [list(v) for v in values], list(binary)
+        self.manipulated = list(manipulated)
+        self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
+
+    @property
+    def widths(self):
+        return [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
+
+    @property
+    def c_dim(self):
+        return sum(self.widths)
+
+    @property
+    def slices(self):
+        ends = np.cumsum([0] + self.widths)
+        return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
+
+    def vector(self, labels):
+        """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
+        cols = [labels[:, g:g + 1].float() if self.binary[g] else F.one_hot(labels[:, g], len(self.values[g])).float()
+                for g in self.manipulated]
+        return torch.cat(cols, dim=1)
+
+    def labels_from_logits(self, logits, fill=None):
+        """(N, c_dim) classifier logits -> (N, G) labels (the manipulated groups; others from `fill` or 0)."""
+        labels = torch.zeros(logits.shape[0], len(self.names), dtype=torch.long, device=logits.device) \
+            if fill is None else fill.clone()
+        for g, sl in zip(self.manipulated, self.slices):
+            labels[:, g] = (logits[:, sl.start] > 0).long() if self.binary[g] else logits[:, sl].argmax(1)
+        return labels
+
+    def set_value(self, labels, group, value):
+        """Labels with `group` set to `value`; a CelebA hair colour set to 1 clears the other selected ones."""
+        out = labels.clone()
+        out[:, group] = value
+        if self.binary[group] and value == 1:
+            for e in self.exclusive:
+                if group in e:
+                    for other in e - {group}:
+                        out[:, other] = 0
+        return out
+
+    def describe(self, group, value):
+        return f"{self.names[group]}={self.values[group][value]}"
+
+    def parse_target(self, text):
+        """'color=red,sleeve=long' -> [(group, value), ...]."""
+        pairs = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, value = part.partition("=")
+            if name not in self.names or self.names.index(name) not in self.manipulated:
+                raise UserError(f"--target {part}: '{name}' is not a manipulated attribute; choose among "
+                                f"{', '.join(self.names[g] for g in self.manipulated)} (set by --attrs).")
+            g = self.names.index(name)
+            if value not in self.values[g]:
+                raise UserError(f"--target {part}: '{value}' is not a value of {name}; its values are "
+                                f"{', '.join(self.values[g])}.")
+            pairs.append((g, self.values[g].index(value)))
+        if not pairs:
+            raise UserError(f"--target {text!r} names no attribute; write e.g. {self.describe(self.manipulated[0], 0)}.")
+        return pairs
+
+    def changes(self, labels):
+        """Every single-group manipulation of a batch: (group, value, target labels, valid), where
+        `valid` marks the images whose value of that group is not already `value`."""
+        for g in self.manipulated:
+            for v in range(len(self.values[g])):
+                target = self.set_value(labels, g, v)
+                yield g, v, target, (target != labels).any(1)
+
+
+def select_attributes(names, values, binary, attrs_arg, default, exclusive_names=()):
+    """An AttributeSet manipulating the comma-separated --attrs (or `default`)."""
+    chosen = [a.strip() for a in attrs_arg.split(",") if a.strip()] if attrs_arg else list(default)
+    unknown = [a for a in chosen if a not in names]
+    if unknown or not chosen:
+        raise UserError(f"--attrs: unknown attribute {', '.join(unknown) or '(none given)'}; this dataset has "
+                        f"{', '.join(names)}.")
+    manipulated = [names.index(a) for a in chosen]
+    exclusive = [[g for g in manipulated if names[g] in exclusive_names]]
+    return AttributeSet(names, values, binary, manipulated, exclusive)
+
+
+def read_celeba_attributes(path):
+    """CelebA's list_attr_celeba.txt: line 1 the image count, line 2 the 40 names, then a file name
+    and 40 values in {1, -1} per line, separated by irregular spaces.
+    Returns (names, files, labels as an (N, 40) LongTensor of 0/1)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if len(lines) < 2 or not lines[0].strip().isdigit():
+        raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
+    names = lines[1].split()
+    files, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != len(names) + 1:
+            raise UserError(f"{path}, line {number}: expected a file name and {len(names)} values, got "
+                            f"{len(parts) - 1} values.")
+        for name, v in zip(names, parts[1:]):
+            if v not in ("1", "-1"):
+                raise UserError(f"{path}, line {number}: value {v!r} of {name} is not 1 or -1.")
+        files.append(parts[0])
+        rows.append([v == "1" for v in parts[1:]])
+    if int(lines[0]) != len(files):
+        raise UserError(f"{path}, line 1: says {int(lines[0])} images, but the file lists {len(files)}.")
+    return names, files, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
+
+
+def read_labels_csv(path):
+    """The generic categorical table: header 'filename,<attribute>,...', one value name per cell.
+    Returns (names, values per group (sorted), files, labels as an (N, G) LongTensor)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or header[0].strip() != "filename" or len(header) < 2:
+            raise UserError(f"{path}, line 1: expected the header 'filename,<attribute>,<attribute>,...', got "
+                            f"{','.join(header or [])!r}.")
+        names = [h.strip() for h in header[1:]]
+        if len(set(names)) != len(names) or not all(names):
+            raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
+        files, cells = [], []
+        for row in reader:
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
+                                f"(filename and {len(names)} attributes), got {len(row)}.")
+            row = [c.strip() for c in row]
+            empty = [names[k] for k, c in enumerate(row[1:]) if not c]
+            if not row[0] or empty:
+                raise UserError(f"{path}, line {reader.line_num}: empty cell ({'filename' if not row[0] else empty[0]}).")
+            files.append(row[0])
+            cells.append(row[1:])
+    if not files:
+        raise UserError(f"{path} lists no images.")
+    values = [sorted({r[k] for r in cells}) for k in range(len(names))]
+    index = [{v: i for i, v in enumerate(vs)} for vs in values]
+    labels = torch.tensor([[index[k][c] for k, c in enumerate(r)] for r in cells], dtype=torch.long)
+    return names, values, files, labels
+
+
+def celeba_transform(im, size, rng):
+    """StarGAN's CelebA preprocessing: flip (train), CenterCrop(178), Resize(size)."""
+    if rng is not None and rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    w, h = im.size
+    left, top = round((w - 178) / 2), round((h - 178) / 2)
+    return im.crop((left, top, left + 178, top + 178)).resize((size, size), Image.BILINEAR)
+
+
+def flip_resize_transform(im, size, rng):
+    """labels.csv data (AMGAN): flip (train), resize to size x size."""
+    if rng is not None and rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    return im.resize((size, size), Image.BILINEAR)
+
+
+class ToyAttr(torch.utils.data.Dataset):
+    """toy-attr as attribute data: toy_render's items (image, labels, masks) with a name."""
+
+    def __init__(self, split, size):
+        self.toy = ToyDataset("toy-attr", split, size)
+        self.labels = toy_attr_labels(split)
+
+    def __len__(self):
+        return len(self.toy)
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item
+        return {**self.toy[index], "name": f"{index:05d}", "skipped": 0}
+
+
+def _attribute_layout_help(root):
+    return (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
+            f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
+            f"{root}/images/; the README says how to convert DeepFashion and Shopping100k). Or run on the embedded "
+            f"toy dataset: --data toy-attr.")
+
+
+def _split_indices(n, test_size):
+    """StarGAN's split: shuffle with random.seed(1234), the first `test_size` are the test split."""
+    order = list(range(n))
+    random.Random(1234).shuffle(order)
+    return {"test": order[:test_size], "train": order[test_size:]}
+
+
+def attribute_data(args, split):
+    """(AttributeSet, dataset of one split) for --data toy-attr, a CelebA folder or a labels.csv
+    folder. Items: image, labels (G,) and name (toy-attr adds the masks mask, mask_torso, mask_sleeves)."""
+    if args.data in TOY_NAMES:
+        if args.data != "toy-attr":
+            raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
+        attrs = select_attributes(list(TOY_ATTRS), list(TOY_ATTRS.values()), [False] * len(TOY_ATTRS), args.attrs,
+                                  TOY_ATTR_DEFAULT)
+        return attrs, ToyAttr(split, args.img_size)
+    root = dataset_dir(args)
+    if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
+        names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
+        attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
+                                  CELEBA_DEFAULT_ATTRS, exclusive_names=CELEBA_HAIR)
+        folder, transform, test_size = os.path.join(root, "img_align_celeba"), celeba_transform, ATTR_TEST_SIZE
+    elif os.path.isfile(os.path.join(root, "labels.csv")):
+        names, values, files, labels = read_labels_csv(os.path.join(root, "labels.csv"))
+        attrs = select_attributes(names, values, [False] * len(names), args.attrs, names)
+        folder, transform = os.path.join(root, "images"), flip_resize_transform
+        test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
+    else:
+        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {_attribute_layout_help(root)}")
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder} does not exist: the images of {root} go there. {_attribute_layout_help(root)}")
+    keep = _split_indices(len(files), test_size)[split]
+    if not keep:
+        raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
+    paths = [os.path.join(folder, files[i]) for i in keep]
+    return attrs, ImageFiles(paths, args.img_size, split == "train", root=folder, labels=labels[keep],
+                             transform=transform)
+
+
+def add_attribute_flags(parser):
+    """--attrs and --target, for amgan.py and camconsistency.py."""
+    add = parser.add_argument
+    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
+        f"CelebA {','.join(CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
+    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
+        "(default: every value of every manipulated attribute)")
+
+
+# =============================================================================================
 # Building blocks shared by several papers
 # =============================================================================================
 
 
 class ResnetBlock(nn.Module):
-    """x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x) (CycleGAN, U-GAT-IT, AttentionGAN)."""
+    """x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x) (CycleGAN, U-GAT-IT, AttentionGAN).
+    StarGAN's block: zero padding and InstanceNorm with affine parameters (`star=True`)."""
 
-    def __init__(self, dim, bias):
+    def __init__(self, dim, bias, star=False):
         super().__init__()
-        self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), nn.InstanceNorm2d(dim))
+        pad = [] if star else [nn.ReflectionPad2d(1)]
+        conv = lambda: nn.Conv2d(dim, dim, 3, padding=1 if star else 0, bias=bias)  # noqa: E731
+        norm = lambda: nn.InstanceNorm2d(dim, affine=star)  # noqa: E731
+        self.block = nn.Sequential(*pad, conv(), norm(), nn.ReLU(True), *pad, conv(), norm())
 
     def forward(self, x):
         return x + self.block(x)
@@ -899,6 +1172,75 @@ class PatchGAN(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+def star_generator_body(in_ch, conv_dim=64, n_res=6):
+    """StarGAN's generator without its image head: conv7 in_ch -> conv_dim, two conv4 stride-2
+    downsamplings, n_res residual blocks, two ConvT4 stride-2 upsamplings; no conv bias,
+    InstanceNorm with affine parameters, ReLU. Output: conv_dim channels at the input's size."""
+    norm = lambda ch: nn.InstanceNorm2d(ch, affine=True)  # noqa: E731
+    layers, ch = [nn.Conv2d(in_ch, conv_dim, 7, 1, 3, bias=False), norm(conv_dim), nn.ReLU(True)], conv_dim
+    for _ in range(2):
+        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm(ch * 2), nn.ReLU(True)]
+        ch *= 2
+    layers += [ResnetBlock(ch, bias=False, star=True) for _ in range(n_res)]
+    for _ in range(2):
+        layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), norm(ch // 2), nn.ReLU(True)]
+        ch //= 2
+    return nn.Sequential(*layers)
+
+
+def tile_labels(x, c):
+    """[x, c replicated over the image] along the channels: StarGAN's conditioning."""
+    return torch.cat([x, c.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+
+
+class StarDiscriminator(nn.Module):
+    """StarGAN's discriminator: n_layers x [conv4 stride 2, LeakyReLU 0.01], channels doubling from
+    conv_dim, no normalisation; out_src conv3 -> a patch of real/fake scores, out_cls a conv over the
+    whole last map -> c_dim attribute logits."""
+
+    def __init__(self, img_size=128, conv_dim=64, c_dim=5, n_layers=6):
+        super().__init__()
+        chans = [3] + [conv_dim * 2 ** i for i in range(n_layers)]
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.01))
+                                    for a, b in zip(chans[:-1], chans[1:]))
+        self.out_src = nn.Conv2d(chans[-1], 1, 3, 1, 1, bias=False)
+        self.out_cls = nn.Conv2d(chans[-1], c_dim, img_size // 2 ** n_layers, bias=False)
+
+    def forward(self, x, feature_layer=None):
+        """-> (src, cls), or (src, cls, the feature map after block `feature_layer`) (1-based)."""
+        feature = None
+        for k, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            if k == feature_layer:
+                feature = x
+        src, cls = self.out_src(x), self.out_cls(x).flatten(1)
+        return (src, cls) if feature_layer is None else (src, cls, feature)
+
+
+def gradient_penalty(disc, real, fake):
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x^ D_src(x^)||_2 - 1)^2] at x^ = a real + (1 - a) fake,
+    a ~ U(0, 1) per image; differentiable with respect to D (create_graph)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    src = disc(x_hat)[0]
+    grad, = torch.autograd.grad(src.float().sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def attribute_classification_loss(attrs, logits, labels):
+    """StarGAN's domain classification loss over the manipulated groups: binary attributes
+    BCE-with-logits summed over the attributes and averaged over the images; categorical groups
+    the cross-entropy of their block of logits; the groups' terms are summed."""
+    loss = logits.new_zeros(()).float()
+    for g, sl in zip(attrs.manipulated, attrs.slices):
+        block = logits[:, sl].float()
+        if attrs.binary[g]:
+            loss = loss + F.binary_cross_entropy_with_logits(block, labels[:, g:g + 1].float(), reduction="sum") / len(block)
+        else:
+            loss = loss + F.cross_entropy(block, labels[:, g])
+    return loss
 
 
 def init_normal(module, std=0.02):
@@ -1583,10 +1925,11 @@ def test_or_eval(args, script, nets, translate, device):
     (two_domain_test if args.phase == "test" else two_domain_eval)(args, translate, device)
 
 
-def begin_training(args, script, dist_, device, nets, optimizers, train_a, train_b):
+def begin_training(args, script, dist_, device, nets, optimizers, *train_sets, labels=False):
     """--phase train / bench: create --out (train), load the checkpoint under --resume, broadcast the
-    weights (torchrun), start both data streams at the resumed step.
-    Returns (start_step, elapsed seconds, the checkpoint's extra dict, batches_a, batches_b)."""
+    weights (torchrun), start the data streams (one per training set, e.g. A and B) at the resumed
+    step. Returns (start_step, elapsed seconds, the checkpoint's extra dict, *batches); with
+    `labels` each batch is (images, labels)."""
     start_step, elapsed, extra = 0, 0.0, {}
     if args.phase == "train":
         prepare_out(args, dist_)
@@ -1595,9 +1938,9 @@ def begin_training(args, script, dist_, device, nets, optimizers, train_a, train
             start_step, extra = state["step"], state["extra"]
             elapsed = extra.get("elapsed", 0.0)
     dist_.broadcast(nets.values())
-    batches_a = train_batches(train_a, args, device, dist_, start_step)
-    batches_b = train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
-    return start_step, elapsed, extra, batches_a, batches_b
+    batches = [train_batches(data, args, device, dist_, start_step, seed_offset=k, labels=labels)
+               for k, data in enumerate(train_sets)]
+    return (start_step, elapsed, extra, *batches)
 
 
 def finish_training(args, script, dist_, nets, step_fn, save_fn, sample_fn, start_step, elapsed):
@@ -1609,6 +1952,133 @@ def finish_training(args, script, dist_, nets, step_fn, save_fn, sample_fn, star
     dist_.close()
 
 
+# =============================================================================================
+# Test and eval phases of the attribute scripts (amgan.py, camconsistency.py)
+# =============================================================================================
+# manipulate(x, labels, target, group) -> (output, attention or None) is the script's own
+# translation in eval mode under no_grad: labels and target are (N, G) value indices, `group` the
+# index of the changed attribute group.
+
+
+def _attribute_jobs(attrs, manipulate, x, labels, targets):
+    """(tag, selected images, output, attention) per manipulation of one batch: the --target chain
+    (applied one after the other), or every single-group change of an image's own values."""
+    if targets:
+        out, current, attention = x, labels, None
+        for g, v in targets:
+            target = attrs.set_value(current, g, v)
+            out, attention = manipulate(out, current, target, g)
+            current = target
+        yield "_".join(attrs.describe(g, v) for g, v in targets), torch.ones(len(x), dtype=torch.bool), out, attention
+        return
+    for g, v, target, valid in attrs.changes(labels):
+        if valid.any():
+            yield (attrs.describe(g, v), valid.cpu(), *manipulate(x[valid], labels[valid], target[valid], g))
+
+
+def attribute_test(args, attrs, manipulate, predict_labels, device):
+    """Write manipulated images and attention maps to <out>/test/<name>_<group>=<value>.png. The
+    test split's images use their own labels; --input images get theirs from predict_labels(x)."""
+    folder = os.path.join(args.out, "test")
+    targets = attrs.parse_target(args.target) if args.target else None
+    if args.input:
+        items = _input_images(args)
+        x = torch.stack([i["image"] for i in items]).to(device)
+        loader = [{"image": x, "labels": predict_labels(x), "name": [i["name"] for i in items]}]
+    else:
+        loader = _batches(attribute_data(args, "test")[1], args)
+    count = 0
+    for batch in loader:
+        x, labels = batch["image"].to(device), batch["labels"].to(device)
+        for tag, chosen, out, attention in _attribute_jobs(attrs, manipulate, x, labels, targets):
+            names = [n for n, keep in zip(batch["name"], chosen.tolist()) if keep]
+            for i, name in enumerate(names):
+                save_image(out[i], os.path.join(folder, f"{name}_{tag}.png"))
+                if attention is not None:
+                    save_image(heat_overlay(attention[i:i + 1], out[i:i + 1])[0],
+                               os.path.join(folder, f"{name}_{tag}_attention.png"))
+            count += len(names)
+    print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
+
+
+@torch.no_grad()
+def _judge_features(judge, dataset, args, device):
+    feats = [judge.features(b["image"].to(device)).float() for b in _batches(dataset, args, batch_size=200)]
+    return torch.cat(feats)
+
+
+def attribute_eval(args, attrs, manipulate, device, extra=None):
+    """Attribute metrics (SPEC section 3) of every single-attribute manipulation of the test split,
+    per manipulated group and their mean -> <out>/metrics.json. toy-attr: attribute_accuracy (the
+    toy judge reads the target value), kept_accuracy (it reads every other group unchanged),
+    preserve_psnr_db / preserve_l1 outside the GT region of the changed group, attention_iou /
+    attention_pointing against that region, retrieval_top30 (a hit when one of the 30 nearest toy
+    train images in judge features has all the target's labels). Real data: KID and FID of the
+    manipulated images against the real test images. extra(results) adds a script's own entries."""
+    toy = args.data in TOY_NAMES
+    _, test_set = attribute_data(args, "test")
+    results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
+               "manipulated": [attrs.names[g] for g in attrs.manipulated]}
+    if toy:
+        judge, results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size, args.data_root, device)
+        gallery = ToyAttr("train", args.img_size)
+        gallery_features, gallery_labels = _judge_features(judge, gallery, args, device), gallery.labels.to(device)
+    else:
+        inception, results["inception"] = _inception_or_none(args, required=True)
+        inception = inception.to(device)
+        real = extract_features(inception, (b["image"] for b in _batches(test_set, args)), device)
+        fake = {g: [] for g in attrs.manipulated}
+    sums = {g: {} for g in attrs.manipulated}
+    for batch in _batches(test_set, args):
+        x, labels = batch["image"].to(device), batch["labels"].to(device)
+        for g, v, target, valid in attrs.changes(labels):
+            if not valid.any():
+                continue
+            keep = valid.to(device)
+            xs, ts = x[keep], target[keep]
+            out, attention = manipulate(xs, labels[keep], ts, g)
+            part = {"images": len(xs)}
+            if toy:
+                with torch.no_grad():
+                    predicted = torch.stack([logits.argmax(1) for logits in judge(out)], dim=1)
+                    features = judge.features(out).float()
+                others = [k for k in range(len(attrs.names)) if k != g]
+                part["attribute_accuracy"] = (predicted[:, g] == v).double().mean().item()
+                part["kept_accuracy"] = (predicted[:, others] == ts[:, others]).all(1).double().mean().item()
+                region = batch[TOY_ATTR_REGIONS.get(attrs.names[g], "mask")].to(device)[keep]
+                part["preserve_psnr_db"], part["preserve_l1"] = masked_psnr_l1(xs, out, region)
+                if attention is not None:
+                    part["attention_iou"], part["attention_pointing"] = attention_iou_pointing(attention, region)
+                nearest = torch.cdist(features, gallery_features).topk(30, largest=False).indices
+                part["retrieval_top30"] = (gallery_labels[nearest] == ts[:, None]).all(-1).any(-1).double().mean().item()
+            else:
+                fake[g].append(extract_features(inception, [out], device))
+            n = part.pop("images")
+            for k, value in [("images", 1.0), *part.items()]:
+                sums[g][k] = sums[g].get(k, 0.0) + value * n
+    per_group = {}
+    for g in attrs.manipulated:
+        n = sums[g].pop("images", 0)
+        m = {k: v / n for k, v in sums[g].items()} if n else {}
+        m["images"] = int(n)
+        if not toy and n:
+            f = torch.cat(fake[g])
+            m["kid_subsets_x100"] = [100 * v for v in kid_subsets(real, f)]
+            m["kid_blocks_x100"] = [100 * v for v in kid_blocks(real, f)]
+            m["fid"] = fid_from_features(real, f)
+        per_group[attrs.names[g]] = m
+    scalars = [k for k, v in next(iter(per_group.values())).items() if isinstance(v, float)]
+    results.update(per_group)
+    results["mean"] = {k: sum(m[k] for m in per_group.values() if k in m) / len(per_group) for k in scalars}
+    if extra is not None:
+        extra(results)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print_metrics(results)
+    return results
+
+
 def print_metrics(results):
     """A small table: one row per direction, one column per metric."""
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}
@@ -1617,6 +2087,6 @@ def print_metrics(results):
             print(f"{k}: {v}")
     cols = sorted({c for r in rows.values() for c in r})
     fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list) else f"{v:.4g}" if isinstance(v, float) else str(v))
-    print(" | ".join(["direction"] + cols))
+    print(" | ".join([""] + cols))
     for name, r in rows.items():
         print(" | ".join([name] + [fmt(r[c]) if c in r else "-" for c in cols]))
