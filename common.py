@@ -88,12 +88,14 @@ PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_a
 
 def _given_flags(parser, argv):
     """Names of the flags that appear on the command line (a preset never overrides them)."""
-    saved = [(a, a.default) for a in parser._actions]
+    saved, parser_defaults = [(a, a.default) for a in parser._actions], parser._defaults
     for a, _ in saved:
         a.default = argparse.SUPPRESS
+    parser._defaults = {}  # parser.set_defaults() values are defaults too, not given flags
     try:
         return set(vars(parser.parse_args(argv)))
     finally:
+        parser._defaults = parser_defaults
         for a, d in saved:
             a.default = d
 
@@ -933,15 +935,24 @@ class AttributeSet:
         return labels
 
     def set_value(self, labels, group, value):
-        """Labels with `group` set to `value`; a CelebA hair colour set to 1 clears the other selected ones."""
+        """Labels with `group` set to `value` (a number, or one per image); a CelebA hair colour set to
+        1 clears the other selected hair colours."""
         out = labels.clone()
         out[:, group] = value
-        if self.binary[group] and value == 1:
+        if self.binary[group]:
+            on = out[:, group] == 1
             for e in self.exclusive:
-                if group in e:
-                    for other in e - {group}:
-                        out[:, other] = 0
+                for other in (e - {group}) if group in e else ():
+                    out[:, other] = torch.where(on, torch.zeros_like(out[:, other]), out[:, other])
         return out
+
+    def grid_targets(self, labels):
+        """The manipulations a sample grid shows: (group, target labels) for every value of each
+        categorical group and the flip of each binary attribute."""
+        for g in self.manipulated:
+            values = [1 - labels[:, g]] if self.binary[g] else range(len(self.values[g]))
+            for v in values:
+                yield g, self.set_value(labels, g, v)
 
     def describe(self, group, value):
         return f"{self.names[group]}={self.values[group][value]}"
@@ -1940,6 +1951,8 @@ def begin_training(args, script, dist_, device, nets, optimizers, *train_sets, l
     dist_.broadcast(nets.values())
     batches = [train_batches(data, args, device, dist_, start_step, seed_offset=k, labels=labels)
                for k, data in enumerate(train_sets)]
+    if start_step:  # a DataLoader iterator draws its base seed from the global RNG: restore the saved state after it
+        set_rng_state(state["rng"])
     return (start_step, elapsed, extra, *batches)
 
 
