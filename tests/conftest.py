@@ -32,3 +32,27 @@ def same_checkpoint_weights(path_a, path_b):
         for i, s in a["optimizers"][opt]["state"].items():
             assert torch.equal(s["exp_avg"], b["optimizers"][opt]["state"][i]["exp_avg"]), (opt, i)
     return a, b
+
+
+def run_two_processes(script, argv, tmp_path):
+    """Run `python <script> --out run argv...` as ranks 0 and 1 of a gloo group (torchrun's environment),
+    each rank in its own folder: a write by rank 1 would land in rank1/. Asserts both ranks finish,
+    the replicas end identical, rank 0 wrote run/ckpt.pt and rank 1 wrote nothing."""
+    import socket
+    import subprocess
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = []
+    for rank in range(2):
+        cwd = tmp_path / f"rank{rank}"
+        os.makedirs(cwd)
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--out", "run", *argv], cwd=cwd,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert "replicas identical: True (2 processes)" in outputs[0][0]
+    assert os.path.exists(tmp_path / "rank0" / "run" / "ckpt.pt") and os.listdir(tmp_path / "rank1") == []
+    return outputs[0][0]

@@ -10,7 +10,7 @@ from PIL import Image
 
 import camconsistency
 import common
-from conftest import run_script, same_checkpoint_weights
+from conftest import run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4", "--batch_size", "4",
         "--n_critic", "2", "--workers", "0", "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -165,6 +165,11 @@ def test_trains_on_a_celeba_format_folder(tmp_path):
     assert args["img_size"] == 32 and args["attrs"] is None and os.path.exists(os.path.join(out, "ckpt.pt"))
     r = run_script("camconsistency.py", "--phase", "eval", "--out", out, "--data", str(root))
     assert r.returncode == 2 and "pt_inception-2015-12-05-6726825d.pth" in r.stderr  # offline: says where the weights go
+
+
+def test_two_process_data_parallel(tmp_path, data_root):
+    """gloo on CPU: WGAN-GP and the D term's second derivatives are all-reduced like any gradient."""
+    run_two_processes("camconsistency.py", ["--iters", "4", "--data_root", data_root, *TINY], tmp_path)
 
 
 @pytest.mark.parametrize("argv, message", [

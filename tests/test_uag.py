@@ -10,7 +10,7 @@ from PIL import Image
 
 import common
 import uag
-from conftest import run_script, same_checkpoint_weights
+from conftest import run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -173,20 +173,4 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
 def test_two_process_data_parallel_across_the_switch(tmp_path, data_root):
     """gloo on CPU: after the switch the attention nets have no gradients to average and D has no
     norm; the replicas must still agree and only rank 0 writes."""
-    import subprocess
-    import sys
-    from conftest import ROOT
-    port = str(30500 + os.getpid() % 1000)
-    procs = []
-    for rank in range(2):
-        cwd = tmp_path / f"rank{rank}"
-        os.makedirs(cwd)
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "uag.py"), "--iters", "4", "--switch_epoch",
-                                       "50", "--out", "run", "--data_root", data_root, *TINY], cwd=cwd, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    assert "replicas identical: True (2 processes)" in outputs[0][0]
-    assert os.path.exists(tmp_path / "rank0" / "run" / "ckpt.pt") and os.listdir(tmp_path / "rank1") == []
+    run_two_processes("uag.py", ["--iters", "4", "--switch_epoch", "50", "--data_root", data_root, *TINY], tmp_path)

@@ -14,7 +14,7 @@ from PIL import Image
 
 import common
 import ugatit
-from conftest import ROOT
+from conftest import ROOT, run_two_processes
 
 TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -245,22 +245,7 @@ def test_checkpoint_from_another_script_or_architecture(tmp_path, data_root):
 
 
 def test_two_process_data_parallel(tmp_path, data_root):
-    port = str(29500 + os.getpid() % 1000)
-    procs = []
-    for rank in range(2):
-        cwd = tmp_path / f"rank{rank}"
-        os.makedirs(cwd)
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        # each rank runs in its own folder with a relative --out: a write by rank 1 would land in rank1/
-        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "ugatit.py"), "--iters", "4", "--out",
-                                       "run", "--data_root", data_root, *TINY], cwd=cwd, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    assert "replicas identical: True (2 processes)" in outputs[0][0]
-    assert os.path.exists(tmp_path / "rank0" / "run" / "ckpt.pt")
-    assert os.listdir(tmp_path / "rank1") == []
+    run_two_processes("ugatit.py", ["--iters", "4", "--data_root", data_root, *TINY], tmp_path)
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, data_root):
