@@ -114,6 +114,9 @@ def test_the_box_is_the_larger_blob_not_the_brighter_one_and_ignores_weak_attent
     a[..., 5, 24] = 0.6
     a[..., 6:21, 24] = 0.6
     assert amgan.largest_region_boxes(a).tolist() == [[4.0, 2.0, 28.0, 22.0]]
+    # at 128 px the region is found on the 4 x 4 average-pooled map: the same mask scaled by 4, the box too
+    big = torch.nn.functional.interpolate(a, scale_factor=4, mode="nearest")
+    assert amgan.largest_region_boxes(big).tolist() == [[16.0, 8.0, 112.0, 88.0]]
 
 
 def test_the_box_matches_a_flood_fill_on_random_and_winding_masks():
@@ -158,11 +161,11 @@ def test_cam_equals_the_head_weights_on_the_conv5_maps():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         conv5, pooled, logits = cnn(x)
-    assert conv5.shape == (2, 128, 4, 4)  # conv5 at 1/8 of the image
+    assert conv5.shape == (2, 64, 4, 4)  # conv5 at 1/8 of the image
     values = torch.tensor([3, 1])
     w = cnn.heads[0].weight
     for i, v in enumerate(values.tolist()):
-        raw = sum(w[v, k] * conv5[i, k] for k in range(128))  # M_v(i, j) = sum_k w_{v,k} f_k(i, j)
+        raw = sum(w[v, k] * conv5[i, k] for k in range(64))  # M_v(i, j) = sum_k w_{v,k} f_k(i, j)
         # the CAM's spatial mean plus the bias is the class logit (global average pooling)
         assert torch.allclose(raw.mean() + cnn.heads[0].bias[v], logits[0][i, v], atol=1e-5)
         normalised = (raw - raw.min()) / (raw.max() - raw.min())
