@@ -330,14 +330,18 @@ def test_resume_gives_identical_weights(tmp_path, data_root, classifier):
 
 
 @pytest.mark.parametrize("flags, absent", [(["--no_dc"], "d_adv_crop"), (["--no_perceptual"], "g_perceptual"),
-                                           (["--no_attention_loss"], "g_attention"), (["--cam_as_mask"], "g_attention")])
+                                           (["--no_attention_loss"], "g_attention"), (["--cam_as_mask"], "g_attention"),
+                                           (["--perceptual", "conv5+avgpool"], None)])
 def test_each_ablation_flag_removes_its_part(tmp_path, data_root, classifier, flags, absent):
     out = str(tmp_path / "run")
     amgan.main(["--iters", "5", "--out", out, "--data_root", data_root, "--classifier", classifier, *TINY, *flags])
     row = read_log(out)[-1]
     assert absent not in row
     # L_G = L_adv + lambda_cls L_cls + lambda_cyc L_cyc + lambda_a L_a + lambda_p L_p over the terms that are left
-    weights = {"g_adv": 1, "g_cls": 1, "g_cycle": 10, "g_attention": 10, "g_perceptual": 20}
+    # the toy preset uses the avg-pool layer only, with the paper's weight for it; conv5 + avg-pool: 20
+    lambda_p = 20 if "conv5+avgpool" in flags else 10
+    assert json.load(open(os.path.join(out, "args.json")))["lambda_p"] == lambda_p
+    weights = {"g_adv": 1, "g_cls": 1, "g_cycle": 10, "g_attention": 10, "g_perceptual": lambda_p}
     total = sum(w * float(row[k]) for k, w in weights.items() if k in row)
     assert float(row["g_loss"]) == pytest.approx(total, rel=1e-3)
     models = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["models"]
