@@ -1,4 +1,5 @@
 """common.py: data loading, download, sampler, checkpoint, image pool, schedule, pictures."""
+import argparse
 import os
 import random
 import zipfile
@@ -200,3 +201,15 @@ def test_jet_and_heat_overlay():
     over = common.heat_overlay(att, img)
     assert over.shape == (1, 3, 16, 16) and over.min() >= -1 and over.max() <= 1
     assert over[0, 0, 0, 0] > over[0, 0, 15, 15]  # hot corner is red-er
+
+
+def test_presets_fill_flags_not_given_even_when_the_parser_sets_defaults(tmp_path):
+    """A value from parser.set_defaults() is a default, not a flag given on the command line."""
+    parser = argparse.ArgumentParser()
+    common.add_common_flags(parser, "x")
+    parser.set_defaults(lr=1e-4, img_size=128)
+    presets = {"toy": {"lr": 2e-4, "img_size": 64}, "real": {}}
+    args = common.parse_args(parser, ["--out", str(tmp_path / "a")], "x", presets, ())
+    assert args.lr == 2e-4 and args.img_size == 64
+    args = common.parse_args(parser, ["--out", str(tmp_path / "b"), "--lr", "1e-4"], "x", presets, ())
+    assert args.lr == 1e-4 and args.img_size == 64
