@@ -40,6 +40,8 @@ Deviations from the paper / official StarGAN code:
  6. Sampling, test and eval translate under torch.no_grad() in eval mode (Grad-CAM alone takes a
     gradient there); the learning rate decays linearly to 0 over the last --iters_decay iterations
     each iteration (StarGAN steps it every 1,000).
+ 7. --compile compiles G only: the gradient penalty and the D term differentiate through D twice
+    (double backward), which torch.compile does not support.
 """
 import argparse
 import os
@@ -267,6 +269,7 @@ def main(argv=None):
     check_args(args)
     attrs, train_set = common.attribute_data(args, "train")
     dist_, device, nets, run = common.start_run(args, lambda a: build_networks(a, attrs))
+    run["disc"] = nets["disc"]  # WGAN-GP and the D term differentiate through D twice, which torch.compile cannot
     manip = lambda x, labels, target, group: manipulate(args, attrs, run, x, labels, target)  # noqa: E731
 
     if args.phase in ("test", "eval"):

@@ -14,7 +14,7 @@ from PIL import Image
 
 import amgan
 import common
-from conftest import run_script, same_checkpoint_weights
+from conftest import run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4",
         "--batch_size", "4", "--workers", "0", "--cls_iters", "5", "--cls_batch_size", "8", "--ref_per_label_set", "1",
@@ -394,3 +394,12 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     amgan.main(["--phase", "bench", "--out", str(tmp_path / "b"), "--data_root", data_root, *TINY])
     result = json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1])
     assert result["img_size"] == 32 and result["it_s"] > 0
+
+
+def test_two_process_data_parallel(tmp_path, data_root):
+    """gloo on CPU, both discriminators and their penalties all-reduced; the attribute CNN is trained
+    first (ranks do not train it themselves)."""
+    classifier = str(tmp_path / "classifier.pt")
+    amgan.main(["--phase", "classifier", "--out", str(tmp_path / "cnn"), "--classifier", classifier,
+                "--data_root", data_root, *TINY])
+    run_two_processes("amgan.py", ["--iters", "5", "--classifier", classifier, "--data_root", data_root, *TINY], tmp_path)
