@@ -926,10 +926,9 @@ class AttributeSet:
                 for g in self.manipulated]
         return torch.cat(cols, dim=1)
 
-    def labels_from_logits(self, logits, fill=None):
-        """(N, c_dim) classifier logits -> (N, G) labels (the manipulated groups; others from `fill` or 0)."""
-        labels = torch.zeros(logits.shape[0], len(self.names), dtype=torch.long, device=logits.device) \
-            if fill is None else fill.clone()
+    def labels_from_logits(self, logits):
+        """(N, c_dim) classifier logits -> (N, G) labels (the manipulated groups; the others 0)."""
+        labels = torch.zeros(logits.shape[0], len(self.names), dtype=torch.long, device=logits.device)
         for g, sl in zip(self.manipulated, self.slices):
             labels[:, g] = (logits[:, sl.start] > 0).long() if self.binary[g] else logits[:, sl].argmax(1)
         return labels
