@@ -679,7 +679,7 @@ def main(argv=None):
         draws.set_state(extra["draws"])
     step = make_train_step(args, attrs, nets, run, cnn, bank, opt_g, opt_d, batches, device, dist_, draws)
     if args.phase == "bench":
-        common.bench(args, device, step)
+        common.bench(args, device, step, (batches,))
         return
 
     samples = [train_set[i] for i in range(4)]

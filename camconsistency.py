@@ -289,7 +289,7 @@ def main(argv=None):
                                                             labels=True)
     step = make_train_step(args, attrs, nets, run, opt_g, opt_d, batches, device, dist_)
     if args.phase == "bench":
-        common.bench(args, device, step)
+        common.bench(args, device, step, (batches,))
         return
 
     fixed = [train_set[i] for i in range(8)]

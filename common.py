@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 import torch
+import torch.utils._python_dispatch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,6 +66,8 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto picks cuda, then mps, then cpu")
     add("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     add("--compile", action="store_true", help="torch.compile the networks")
+    add("--profile", action="store_true", help="bench: also print the operators that took the most time in the "
+        "timed steps (torch.profiler)")
     add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
     add("--out", default=None, help=f"output folder (default results/{script}_<data>)")
     add("--resume", action="store_true", help="continue training from <out>/ckpt.pt (or --ckpt)")
@@ -83,7 +86,7 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
 
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
 PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input",
-                  "amp", "compile", "inception_weights"}
+                  "amp", "compile", "profile", "inception_weights"}
 
 
 def _given_flags(parser, argv):
@@ -1528,10 +1531,29 @@ def train_loop(args, dist_, step_fn, save_fn, sample_fn, start_step, elapsed=0.0
     return step
 
 
-def bench(args, device, step_fn, warmup=3, steps=10):
-    """--phase bench: time `steps` training steps after `warmup`; one JSON line."""
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten operators dispatched while active (at batch 1 a GPU step is bound by their
+    launches, not by arithmetic)."""
+
+    count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def bench(args, device, step_fn, streams=(), warmup=3, steps=10, loader_batches=30):
+    """--phase bench: time `steps` training steps after `warmup`, then the data streams alone
+    (`loader_batches` batches from each, images on the device); one JSON line. The loader keeps up
+    when loader_img_s is well above step_img_s, the images per second the step consumes from all
+    streams together."""
     for s in range(warmup):
         step_fn(s + 1)
+    ops_per_step = None
+    if args.profile:  # every aten operator the step dispatches (a kernel launch each on a GPU), views included
+        with OpCounter() as counter:
+            step_fn(warmup)
+        ops_per_step = counter.count
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -1544,6 +1566,26 @@ def bench(args, device, step_fn, warmup=3, steps=10):
               "img_size": args.img_size, "batch": args.batch_size, "amp": bool(args.amp), "compile": bool(args.compile),
               "it_s": round(steps / seconds, 3), "img_s": round(steps * args.batch_size / seconds, 3),
               "peak_mem_mb": round(peak_memory_mb(device), 1)}
+    if args.profile:  # after the timing, which the profiler would slow down
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=activities) as profiler:
+            for s in range(steps):
+                losses = step_fn(warmup + steps + s + 1)
+            float(sum(v for k, v in losses.items() if k != "lr"))
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
+    if ops_per_step is not None:
+        result["ops_per_step"] = ops_per_step
+    if streams:
+        t0 = time.perf_counter()
+        for _ in range(loader_batches):
+            for stream in streams:
+                batch = next(stream)
+        (batch[0] if isinstance(batch, tuple) else batch).sum().item()  # wait for the last copy
+        loader_seconds = time.perf_counter() - t0
+        result["workers"] = args.workers
+        result["loader_img_s"] = round(loader_batches * len(streams) * args.batch_size / loader_seconds, 1)
+        result["step_img_s"] = round(steps * len(streams) * args.batch_size / seconds, 1)
     print(json.dumps(result))
     return result
 

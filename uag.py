@@ -315,7 +315,7 @@ def main(argv=None):
             pool.load_state_dict(extra[f"pool_{d}"], device)
     step = make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_)
     if args.phase == "bench":
-        common.bench(args, device, step)
+        common.bench(args, device, step, (batches_a, batches_b))
         return
 
     sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)

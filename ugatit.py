@@ -435,7 +435,7 @@ def main(argv=None):
         args, SCRIPT, dist_, device, nets, optimizers, train_a, train_b)
     step = make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device, dist_)
     if args.phase == "bench":
-        common.bench(args, device, step)
+        common.bench(args, device, step, (batches_a, batches_b))
         return
 
     # fixed sample images: the first four training images of each domain

@@ -2,6 +2,8 @@
 Time the official U-GAT-IT training iteration (znxlwm/UGATIT-pytorch UGATIT.train, unchanged) on
 random tensors, the way `--phase bench` times ours: 3 warm-up iterations, then 10 timed ones.
 Shims for API rot only: the official loop calls iterator.next() (gone from DataLoader iterators).
+It also counts the aten operators the second (warm-up) iteration dispatches, as `--phase bench
+--profile` does for ours (ops_per_step).
 Usage: python bench_official_ugatit.py PATH_TO_UGATIT_CHECKOUT IMG_SIZE light|full [ch] [n_res]"""
 import argparse
 import json
@@ -15,6 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import OpCounter  # noqa: E402  (ours: counts dispatched operators)
+
 repo, size, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ch = int(sys.argv[4]) if len(sys.argv) > 4 else 64
 n_res = int(sys.argv[5]) if len(sys.argv) > 5 else 4
@@ -27,6 +32,7 @@ from UGATIT import UGATIT  # noqa: E402  (the official code, not ours)
 
 WARMUP, STEPS = 3, 10
 stamps = []
+counter = OpCounter()
 
 
 class RandomLoader:
@@ -46,6 +52,10 @@ class RandomIterator:
     def __next__(self):
         if self.stamp:
             stamps.append(time.perf_counter())
+            if len(stamps) == 2:  # iteration 2 begins
+                counter.__enter__()
+            elif len(stamps) == 3:
+                counter.__exit__(None, None, None)
         return torch.rand(1, 3, size, size, generator=self.g) * 2 - 1, torch.zeros(1)
 
     next = __next__
@@ -68,5 +78,5 @@ gan.train()
 # stamps[i] is the start of step i + 1
 seconds = stamps[WARMUP + STEPS] - stamps[WARMUP]
 print(json.dumps({"official": f"znxlwm/UGATIT-pytorch UGATIT.train ({variant})", "device": f"cpu ({torch.get_num_threads()} threads)",
-                  "img_size": size, "batch": 1, "it_s": round(STEPS / seconds, 4),
+                  "img_size": size, "batch": 1, "it_s": round(STEPS / seconds, 4), "ops_per_step": counter.count,
                   "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))

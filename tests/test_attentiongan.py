@@ -10,7 +10,7 @@ from PIL import Image
 
 import attentiongan
 import common
-from conftest import run_script, same_checkpoint_weights
+from conftest import run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_masks", "3", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -178,6 +178,14 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     attentiongan.main(["--phase", "bench", "--out", str(tmp_path / "b"), "--data_root", data_root, *TINY])
     result = json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1])
     assert result["img_size"] == 32 and result["it_s"] > 0 and result["peak_mem_mb"] > 0
+
+
+@pytest.mark.parametrize("scheme", ["II", "I"])
+def test_two_process_data_parallel(tmp_path, data_root, scheme):
+    """gloo on CPU, image pools on: each rank's D sees its own pool history, the averaged gradients
+    keep the replicas identical, and only rank 0 writes."""
+    run_two_processes("attentiongan.py", ["--iters", "4", "--pool_size", "3", "--scheme", scheme,
+                                          "--data_root", data_root, *TINY], tmp_path)
 
 
 @pytest.mark.parametrize("scheme", ["II", "I"])

@@ -213,3 +213,11 @@ def test_presets_fill_flags_not_given_even_when_the_parser_sets_defaults(tmp_pat
     assert args.lr == 2e-4 and args.img_size == 64
     args = common.parse_args(parser, ["--out", str(tmp_path / "b"), "--lr", "1e-4"], "x", presets, ())
     assert args.lr == 1e-4 and args.img_size == 64
+
+
+def test_op_counter_counts_dispatched_operators():
+    x = torch.ones(3)
+    with common.OpCounter() as counter:
+        y = x + x          # aten.add
+        z = (y * 2).sum()  # aten.mul, aten.sum
+    assert counter.count == 3 and z.item() == 12
