@@ -2144,3 +2144,75 @@ def print_metrics(results):
     print(" | ".join([""] + cols))
     for name, r in rows.items():
         print(" | ".join([name] + [fmt(r[c]) if c in r else "-" for c in cols]))
+
+
+# =============================================================================================
+# The README's results tables, from the runs' metrics.json: python common.py table LABEL=DIR[,DIR...] ...
+# =============================================================================================
+TWO_DOMAIN_COLUMNS = [("success", "translation_success", "{:.0%}"), ("bg PSNR dB", "background_psnr_db", "{:.2f}"),
+                      ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
+                      ("toy-KID×100", "toy_kid_blocks_x100", "{:.2f}")]
+ATTRIBUTE_COLUMNS = [("accuracy", "attribute_accuracy", "{:.1%}"), ("preserved PSNR dB", "preserve_psnr_db", "{:.2f}"),
+                     ("preserved L1", "preserve_l1", "{:.3f}"), ("others kept", "kept_accuracy", "{:.1%}"),
+                     ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
+                     ("retrieval top-30", "retrieval_top30", "{:.2f}")]
+REGION_KEYS = ("sleeve_colour_change_in_sleeves", "plain_colour_change_in_sleeves")
+
+
+def _cell(values, fmt):
+    """One run: the value; several: mean ± sample std (ddof 1) over them (for percentages in points)."""
+    percent = fmt.endswith("%}")
+    if len(values) == 1:
+        return fmt.format(values[0])
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    return fmt.format(mean) + " ± " + (fmt.replace("%", "f").format(100 * std) if percent else fmt.format(std))
+
+
+def results_table(specs):
+    """Markdown rows, one per `LABEL=DIR[,DIR...]` spec, every cell read from DIR/metrics.json (and
+    the seed from DIR/args.json); several DIRs (seeds) give mean ± std. Two-domain runs show A→B / B→A
+    per cell, attribute runs colour / sleeve (and AMGAN's region metric when present)."""
+    rows, header = [], None
+    for spec in specs:
+        label, _, dirs = spec.rpartition("=")
+        if not label:
+            raise UserError(f"'{spec}': write each row as LABEL=DIR or LABEL=DIR1,DIR2 (seeds of one method)")
+        runs = []
+        for d in dirs.split(","):
+            path = os.path.join(d, "metrics.json")
+            if not os.path.exists(path):
+                raise UserError(f"{path} does not exist: run --phase eval --out {d} first")
+            with open(path) as f:
+                metrics = json.load(f)
+            with open(os.path.join(d, "args.json")) as f:
+                metrics["seed"] = json.load(f)["seed"]
+            runs.append(metrics)
+        parts, columns = (("a2b", "b2a"), TWO_DOMAIN_COLUMNS) if "a2b" in runs[0] else (("color", "sleeve"), ATTRIBUTE_COLUMNS)
+        region = all("region" in r for r in runs)
+        names = [name for name, _, _ in columns] + (["colour change inside the sleeves: confined / plain"] if region else [])
+        if header is None:
+            header = ["method", "seed"] + names
+            rows += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        cells = [label, "/".join(str(r["seed"]) for r in runs)]
+        for _, key, fmt in columns:
+            per_part = []
+            for part in parts:
+                values = [r[part].get(key) for r in runs]
+                if any(v is None for v in values):
+                    per_part.append("–")
+                    continue
+                values = [v[0] if isinstance(v, list) else v for v in values]  # KID: the estimate, not its spread
+                per_part.append(_cell(values, fmt))
+            cells.append(" / ".join(per_part))
+        if region:
+            cells.append(" / ".join(_cell([r["region"][k] for r in runs], "{:.1%}") for k in REGION_KEYS))
+        cells += ["–"] * (len(header) - len(cells))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] != "table":
+        print("usage: python common.py table LABEL=DIR[,DIR...] ...  (markdown rows from each run's metrics.json)")
+        sys.exit(2)
+    cli(lambda: print(results_table(sys.argv[2:])))
