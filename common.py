@@ -2211,8 +2211,29 @@ def results_table(specs):
     return "\n".join(rows)
 
 
+def grid_rows(src, dst, img_size, rows):
+    """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
+    pictures are the first A->B and B->A rows of a run's last samples/step_*.png."""
+    from PIL import Image
+    grid = np.asarray(Image.open(src).convert("RGB"))
+    pitch = img_size + 2
+    if (grid.shape[0] - 2) % pitch:
+        raise UserError(f"{src} is {grid.shape[0]} px high, not a grid of {img_size} px rows with 2 px padding")
+    n_rows = (grid.shape[0] - 2) // pitch
+    if any(not 0 <= r < n_rows for r in rows):
+        raise UserError(f"{src} has rows 0..{n_rows - 1}, asked for {rows}")
+    kept = [grid[:2]] + [grid[2 + r * pitch: 2 + (r + 1) * pitch] for r in rows]
+    Image.fromarray(np.concatenate(kept)).save(dst)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "table":
-        print("usage: python common.py table LABEL=DIR[,DIR...] ...  (markdown rows from each run's metrics.json)")
+    usage = ("usage: python common.py table LABEL=DIR[,DIR...] ...   (markdown rows from each run's metrics.json)\n"
+             "       python common.py rows GRID.png OUT.png IMG_SIZE ROW[,ROW...]   (keep rows of a sample grid)")
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "table" and len(sys.argv) > 2:
+        cli(lambda: print(results_table(sys.argv[2:])))
+    elif command == "rows" and len(sys.argv) == 6:
+        cli(lambda: grid_rows(sys.argv[2], sys.argv[3], int(sys.argv[4]), [int(r) for r in sys.argv[5].split(",")]))
+    else:
+        print(usage, file=sys.stderr)
         sys.exit(2)
-    cli(lambda: print(results_table(sys.argv[2:])))
