@@ -2191,7 +2191,7 @@ def results_table(specs):
         region = all("region" in r for r in runs)
         names = [name for name, _, _ in columns] + (["colour change inside the sleeves: confined / plain"] if region else [])
         if header is None:
-            header = ["method", "seed"] + names
+            header = ["method (cells: " + (" / ".join(("A→B", "B→A") if parts[0] == "a2b" else parts)) + ")", "seed"] + names
             rows += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         cells = [label, "/".join(str(r["seed"]) for r in runs)]
         for _, key, fmt in columns:

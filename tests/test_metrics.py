@@ -347,7 +347,7 @@ def test_results_table_reads_metrics_and_averages_seeds(tmp_path):
     one = _fake_run(tmp_path / "s0", 0, 1.0, 18.0, 2.0)
     two = _fake_run(tmp_path / "s1", 1, 0.5, 22.0, 4.0)
     lines = common.results_table([f"M (`python x.py`)={one},{two}", f"only seed 0={one}"]).splitlines()
-    assert lines[0].startswith("| method | seed | success | bg PSNR dB")
+    assert lines[0].startswith("| method (cells: A→B / B→A) | seed | success | bg PSNR dB")
     mean_row = lines[2].split(" | ")
     # success A->B: mean 75%, sample std 35.4 points; B->A identical runs: std 0
     assert mean_row[1] == "0/1" and mean_row[2] == "75% ± 35 / 75% ± 35"
