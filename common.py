@@ -2172,7 +2172,7 @@ def results_table(specs):
     """Markdown rows, one per `LABEL=DIR[,DIR...]` spec, every cell read from DIR/metrics.json (and
     the seed from DIR/args.json); several DIRs (seeds) give mean ± std. Two-domain runs show A→B / B→A
     per cell, attribute runs colour / sleeve (and AMGAN's region metric when present)."""
-    rows, header = [], None
+    rows, header, header_parts = [], None, None
     for spec in specs:
         label, _, dirs = spec.rpartition("=")
         if not label:
@@ -2187,7 +2187,11 @@ def results_table(specs):
             with open(os.path.join(d, "args.json")) as f:
                 metrics["seed"] = json.load(f)["seed"]
             runs.append(metrics)
+        kinds = {"a2b" in r for r in runs}
         parts, columns = (("a2b", "b2a"), TWO_DOMAIN_COLUMNS) if "a2b" in runs[0] else (("color", "sleeve"), ATTRIBUTE_COLUMNS)
+        if len(kinds) > 1 or (header is not None and header_parts != parts):
+            raise UserError(f"'{spec}': a table holds either two-domain runs or attribute runs; make one table of each")
+        header_parts = parts
         region = all("region" in r for r in runs)
         names = [name for name, _, _ in columns] + (["colour change inside the sleeves: confined / plain"] if region else [])
         if header is None:

@@ -356,3 +356,12 @@ def test_results_table_reads_metrics_and_averages_seeds(tmp_path):
     assert lines[3].split(" | ")[2] == "100% / 100%"
     with pytest.raises(common.UserError, match="does not exist"):
         common.results_table([f"x={tmp_path / 'missing'}"])
+    attribute_run = tmp_path / "attr"
+    os.makedirs(attribute_run)
+    with open(attribute_run / "metrics.json", "w") as f:
+        json.dump({"color": {"attribute_accuracy": 1.0}, "sleeve": {"attribute_accuracy": 0.5}}, f)
+    with open(attribute_run / "args.json", "w") as f:
+        json.dump({"seed": 0}, f)
+    assert "100.0% / 50.0%" in common.results_table([f"a={attribute_run}"])
+    with pytest.raises(common.UserError, match="either two-domain runs or attribute runs"):
+        common.results_table([f"two-domain={one}", f"attribute={attribute_run}"])
