@@ -1549,11 +1549,10 @@ def bench(args, device, step_fn, streams=(), warmup=3, steps=10, loader_batches=
     streams together."""
     for s in range(warmup):
         step_fn(s + 1)
-    ops_per_step = None
+    counter = None
     if args.profile:  # every aten operator the step dispatches (a kernel launch each on a GPU), views included
         with OpCounter() as counter:
             step_fn(warmup)
-        ops_per_step = counter.count
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -1574,8 +1573,8 @@ def bench(args, device, step_fn, streams=(), warmup=3, steps=10, loader_batches=
             float(sum(v for k, v in losses.items() if k != "lr"))
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(profiler.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
-    if ops_per_step is not None:
-        result["ops_per_step"] = ops_per_step
+    if counter is not None:
+        result["ops_per_step"] = counter.count
     if streams:
         t0 = time.perf_counter()
         for _ in range(loader_batches):
@@ -2218,7 +2217,6 @@ def results_table(specs):
 def grid_rows(src, dst, img_size, rows):
     """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
     pictures are the first A->B and B->A rows of a run's last samples/step_*.png."""
-    from PIL import Image
     grid = np.asarray(Image.open(src).convert("RGB"))
     pitch = img_size + 2
     if (grid.shape[0] - 2) % pitch:
