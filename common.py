@@ -2216,7 +2216,8 @@ def results_table(specs):
 
 def grid_rows(src, dst, img_size, rows):
     """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
-    pictures are the first A->B and B->A rows of a run's last samples/step_*.png."""
+    pictures are the first A->B and B->A rows of a run's last samples/step_*.png, saved with a
+    256-colour palette (a third of the size, no visible change) so that assets/ stays small."""
     grid = np.asarray(Image.open(src).convert("RGB"))
     pitch = img_size + 2
     if (grid.shape[0] - 2) % pitch:
@@ -2225,7 +2226,7 @@ def grid_rows(src, dst, img_size, rows):
     if any(not 0 <= r < n_rows for r in rows):
         raise UserError(f"{src} has rows 0..{n_rows - 1}, asked for {rows}")
     kept = [grid[:2]] + [grid[2 + r * pitch: 2 + (r + 1) * pitch] for r in rows]
-    Image.fromarray(np.concatenate(kept)).save(dst)
+    Image.fromarray(np.concatenate(kept)).quantize(256, dither=Image.Dither.NONE).save(dst, optimize=True)
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def test_grid_rows_keeps_the_asked_rows_of_a_sample_grid(tmp_path):
     column = levels[:, None, None, None].expand(3, 3, 8, 8)
     common.save_grid(str(tmp_path / "grid.png"), [column, column])
     common.grid_rows(str(tmp_path / "grid.png"), str(tmp_path / "rows.png"), 8, [2, 0])
-    kept = np.asarray(Image.open(tmp_path / "rows.png"))
+    kept = np.asarray(Image.open(tmp_path / "rows.png").convert("RGB"))
     assert kept.shape == (2 + 2 * 10, 2 + 2 * 10, 3)
     assert kept[2 + 4, 2 + 4, 0] == 255 and kept[2 + 10 + 4, 2 + 4, 0] == 0
     with pytest.raises(common.UserError, match="rows 0..2"):
