@@ -2216,7 +2216,7 @@ def results_table(specs):
 
 def grid_rows(src, dst, img_size, rows):
     """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
-    pictures are the first A->B and B->A rows of a run's last samples/step_*.png, saved with a
+    pictures are chosen rows of a run's last samples/step_*.png, saved with a
     256-colour palette (a third of the size, no visible change) so that assets/ stays small."""
     grid = np.asarray(Image.open(src).convert("RGB"))
     pitch = img_size + 2
