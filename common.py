@@ -2217,7 +2217,8 @@ def results_table(specs):
 def grid_rows(src, dst, img_size, rows):
     """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
     pictures are chosen rows of a run's last samples/step_*.png, saved with a
-    256-colour palette (a third of the size, no visible change) so that assets/ stays small."""
+    256-colour palette (no visible change; the toy pictures shrank to a third to a half) so that
+    assets/ stays small."""
     grid = np.asarray(Image.open(src).convert("RGB"))
     pitch = img_size + 2
     if (grid.shape[0] - 2) % pitch:
