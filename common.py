@@ -2216,9 +2216,9 @@ def results_table(specs):
 
 def grid_rows(src, dst, img_size, rows):
     """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
-    pictures are chosen rows of a run's last samples/step_*.png, saved with a
-    256-colour palette (no visible change; the RGB toy pictures shrank to 29-39% of their size) so that
-    assets/ stays small."""
+    pictures are chosen rows of a run's last samples/step_*.png, saved with a 256-colour palette
+    (no visible change; the RGB toy pictures shrank to 29-39% of their size) so that assets/ stays
+    small."""
     grid = np.asarray(Image.open(src).convert("RGB"))
     pitch = img_size + 2
     if (grid.shape[0] - 2) % pitch:
