@@ -3,19 +3,24 @@ Lim, Jo Yew Tham, Ashraf A. Kassim. ICCV 2019. Paper: https://arxiv.org/abs/1909
 
 A StarGAN whose generator changes one attribute r at a time (the manipulation m: the target value of r
 as a one-hot block, plus a one-hot of r, StarGAN's mask vector) and paints only where its attention a
-says: x* = a * z + (1 - a) * x (Eq. 1). Two WGAN-GP discriminators with attribute classifiers: D_I on
-the whole image and D_C on a crop around the attended region (the bounding box of the largest connected
-region of a >= 50% of its maximum). A frozen attribute CNN, trained first (--phase classifier), guides
-the generator twice: its class activation map for the input's value of r is the target of the
-attention loss, and its conv5 / avg-pool features pull x* towards a reference training image that has
-all the target attributes (perceptual loss). Region-specific manipulation (Sec. 4, --region): the
-attention of the "sleeveless" manipulation, cut at 0.9, confines e.g. a colour change to the sleeves
-or the torso. Phases: classifier, train, test (--input, --target, --region), eval, bench.
+says: x* = a * z + (1 - a) * x (Eq. 1, `compose`). Two WGAN-GP discriminators with attribute
+classifiers: D_I on the whole image and D_C on a crop around the attended region (the bounding box of
+the largest connected region of a >= 50% of its maximum). A frozen attribute CNN, trained first
+(--phase classifier), guides the generator twice: its class activation map for the input's value of r
+is the target of the attention loss, and its conv5 / avg-pool features pull x* towards a reference
+training image that has all the target attributes (perceptual loss). Region-specific manipulation
+(Sec. 4, --region): the attention of the "sleeveless" manipulation, cut at 0.9, confines e.g. a
+colour change to the sleeves or the torso. Phases: classifier, train, test (--input, --target,
+--region), eval, bench. In the code the manipulated attribute r is `group`, an index into all the
+dataset's attribute groups.
 
-Equation numbers: Eq. 1 and Eq. 12 are named so in the paper notes this project started from; Eqs.
-2-11 are the paper's displayed equations counted in order (D: adversarial, classification, total; G:
-adversarial, classification, cycle, CAM, attention, perceptual, total); they could not be checked
-against the PDF on this offline machine.
+Equation numbers: Eq. 1 and Eq. 12 as the paper numbers them; Eqs. 2-11 are the paper's displayed
+equations counted in order (D: adversarial, classification, total; G: adversarial, classification,
+cycle, CAM, attention, perceptual, total).
+
+The file reads top to bottom: networks, the attended region and its crop, reference images, the
+attribute CNN, the forward pass and the D terms, the training step, the training loop,
+region-specific manipulation, sampling and test, main().
 
 Deviations from the paper (there is no official code):
  1. The reference image comes from a bank kept on the device: up to --ref_per_label_set training images
@@ -26,10 +31,9 @@ Deviations from the paper (there is no official code):
     "80k iterations" is taken as --iters 80000. The learning rate falls linearly to 0 over the second
     half per step (StarGAN: every 1000 steps). One Adam holds both discriminators.
  3. The largest connected region (8-connectivity) is found on the attention average-pooled to about
-    32 x 32 (4 px cells at 128 px; many small ops are slow on CPU), for the whole batch on the device,
-    by hooking and pointer jumping for a fixed log2(h*w) rounds (shirt, noise and serpentine masks
-    converge in at most 7). Crops are taken with roi_align (bilinear, adaptive sampling), which keeps
-    x* differentiable.
+    32 x 32 (4 px cells at 128 px), for the whole batch on the device, by hooking and pointer jumping
+    for a fixed log2(h*w) rounds. Crops are taken with roi_align (bilinear, adaptive sampling), which
+    keeps x* differentiable.
  4. The CAM a* is min-max normalised per image and then upsampled bilinearly (the paper: "normalised
     to [0, 1]"). Under --cam_as_mask the CAM of the current image (the fake's for the cycle) replaces
     G's attention, detached, and the attention loss is off (there is nothing to compare).
@@ -41,14 +45,15 @@ Deviations from the paper (there is no official code):
  6. Region-specific manipulation (Sec. 4): sleeves x' = a1* z + (1 - a1*) x with a1* = a1 [a1 >= 0.9];
     torso: the colour change's own attention outside the sleeves, a_t = a (1 - a1*). The toy eval adds
     the share of the change that lands inside the GT sleeves (and torso) for confined and plain changes.
- 7. log.csv's G terms are the means over the G updates of each --log_every interval (a multiple of
-    --n_critic): a G update reports its terms times n_critic, the steps in between report 0.
+ 7. --compile compiles G only: the gradient penalties differentiate through the discriminators twice
+    (double backward), which torch.compile does not support.
 """
 import argparse
 import glob
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -61,8 +66,8 @@ import common
 
 SCRIPT = "amgan"
 ARCH_FLAGS = ("img_size", "conv_dim", "d_conv_dim", "n_res", "d_layers", "no_dc", "attrs")
-# toy shirts lie anywhere in the image, so a reference's conv5 map does not line up with x*: its L1 to a shirt with the
-# same labels is 0.51 against 0.64 for another colour, the avg-pool features' 0.09 against 0.39; so avg-pool only
+# toy shirts lie anywhere in the image, so a reference's conv5 map does not line up with x*: the toy preset uses
+# the avg-pool features only (the paper's choice for Shopping100k)
 TOY_PRESET = dict(img_size=64, conv_dim=16, d_conv_dim=16, n_res=6, d_layers=5, perceptual="avgpool", lr=2e-4,
                   iters=2500, cls_iters=400, cls_lr=1e-3, sample_every=250, save_every=500, log_every=50, workers=1)
 
@@ -86,18 +91,18 @@ class Generator(nn.Module):
         return self.image_head(features), self.attention_head(features)
 
 
-def compose(attention, content, x):
+def compose(content, attention, x):
     """x* = a * z + (1 - a) * x (Eq. 1): the attended part from z, the rest from the input."""
     return attention * content + (1 - attention) * x
 
 
-def manipulation_code(attrs, target, r):
-    """m = [the N-vector that is zero except in the block of attribute r, which holds the target
-    value; the M-dim one-hot of r] (StarGAN's mask vector). target (B, G) labels, r an index into
-    attrs.manipulated."""
+def manipulation_code(attrs, target, group):
+    """m = [the N-vector that is zero except in the block of attribute `group`, which holds the target
+    value; the M-dim one-hot of which manipulated attribute it is] (StarGAN's mask vector)."""
     code = torch.zeros(len(target), attrs.c_dim + len(attrs.manipulated), device=target.device)
-    code[:, attrs.slices[r]] = attrs.vector(target)[:, attrs.slices[r]]
-    code[:, attrs.c_dim + r] = 1
+    block = attrs.slices[group]
+    code[:, block] = attrs.vector(target)[:, block]
+    code[:, attrs.c_dim + attrs.manipulated.index(group)] = 1
     return code
 
 
@@ -119,7 +124,7 @@ class AttributeCNN(nn.Module):
             self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         else:  # toy: three [conv3, BN, ReLU, max-pool 2] blocks, then a conv1x1 map at 1/8 of the image as conv5
-            # (a 3x3 there widens the receptive field and moves the colour CAM's peak off the shirt: pointing 22% vs 38%)
+            # (a 3x3 there widens the receptive field and moves the colour CAM's peak off the shirt)
             layers, chans = [], [3, 16, 32, 64]
             for c_in, c_out in zip(chans[:-1], chans[1:]):
                 layers += [nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
@@ -166,8 +171,8 @@ def build_networks(args, attrs):
 def check_args(args):
     """Exit 2 on sizes the networks cannot take and on contradictory flags."""
     if args.img_size % 2 ** args.d_layers or args.d_layers < 3:
-        raise common.UserError(f"--img_size {args.img_size} with --d_layers {args.d_layers} does not work: D_I halves the "
-                               f"image d_layers times (the size must be a multiple of 2^d_layers = "
+        raise common.UserError(f"--img_size {args.img_size} with --d_layers {args.d_layers} does not work: D_I halves "
+                               f"the image d_layers times (the size must be a multiple of 2^d_layers = "
                                f"{2 ** args.d_layers}) and D_C, on half-size crops, has d_layers - 2 >= 1 layers.")
     if args.region and not args.target:
         raise common.UserError("--region confines a manipulation: give it with --target, e.g. --target color=red "
@@ -208,7 +213,8 @@ def largest_region_boxes(attention, threshold=0.5, grid=32):
 
 def crop(images, boxes, size):
     """The box of each image resized to size x size (roi_align: bilinear, differentiable)."""
-    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=torch.float32)[:, None], boxes.float()], dim=1)
+    index = torch.arange(len(boxes), device=boxes.device, dtype=torch.float32)[:, None]
+    rois = torch.cat([index, boxes.float()], dim=1)
     out = roi_align(images.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return out.to(images.dtype)
 
@@ -314,7 +320,8 @@ def load_classifier(args, attrs, device):
     try:
         state = torch.load(args.classifier, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise common.UserError(f"{args.classifier} is not a readable attribute CNN ({type(e).__name__}: {e}).") from None
+        raise common.UserError(f"{args.classifier} is not a readable attribute CNN ({type(e).__name__}: {e}).") \
+            from None
     if not isinstance(state, dict) or state.get("script") != f"{SCRIPT}-classifier":
         raise common.UserError(f"{args.classifier} is not an attribute CNN of amgan.py; run --phase classifier.")
     if state["names"] != attrs.names or state["values"] != attrs.values or state["img_size"] != args.img_size:
@@ -335,27 +342,33 @@ def needs_cnn(args):
 
 
 # =============================================================================================
-# The forward pass and the training step
+# The forward pass and the discriminators' terms
 # =============================================================================================
 
 
+class Manipulation(NamedTuple):
+    output: torch.Tensor     # x* (Eq. 1)
+    mask: torch.Tensor       # the mask used: G's attention a, or the CNN's CAM a* under --cam_as_mask
+    content: torch.Tensor    # z, G's image head
+    attention: torch.Tensor  # a, G's attention head
+
+
 class Manipulator:
-    """(x, labels of x, target labels, r) -> (x*, the mask used, z, G's attention a). The mask is a,
-    or under --cam_as_mask the CNN's CAM a* of x for its own value of attribute r (detached)."""
+    """AMGAN's forward pass: (x, labels of x, target labels, manipulated group) -> Manipulation."""
 
     def __init__(self, attrs, gen, cnn=None, cam_as_mask=False):
         self.attrs, self.gen, self.cnn, self.cam_as_mask = attrs, gen, cnn, cam_as_mask
 
-    def cam(self, x, labels, r, conv5=None):
-        group = self.attrs.manipulated[r]
+    def cam(self, x, labels, group):
+        """a*: the frozen CNN's CAM of x for x's own value of `group` (Eq. 8)."""
         with torch.no_grad():
-            conv5 = self.cnn(x)[0] if conv5 is None else conv5
+            conv5 = self.cnn(x)[0]
             return class_activation_map(conv5, self.cnn.heads[group].weight, labels[:, group], x.shape[-1])
 
-    def __call__(self, x, labels, target, r, cam=None):
-        content, attention = self.gen(x, manipulation_code(self.attrs, target, r))
-        mask = (self.cam(x, labels, r) if cam is None else cam).to(x.dtype) if self.cam_as_mask else attention
-        return compose(mask, content, x), mask, content, attention
+    def __call__(self, x, labels, target, group, cam=None):
+        content, attention = self.gen(x, manipulation_code(self.attrs, target, group))
+        mask = (self.cam(x, labels, group) if cam is None else cam).to(x.dtype) if self.cam_as_mask else attention
+        return Manipulation(compose(content, mask, x), mask, content, attention)
 
 
 def random_targets(attrs, labels, group, generator):
@@ -365,111 +378,182 @@ def random_targets(attrs, labels, group, generator):
     return attrs.set_value(labels, group, (labels[:, group] + shift) % k)
 
 
-def wgan_critic(disc, eager_disc, real, fake, labels, attrs):
-    """D's terms on one (real, fake) pair: adversarial, gradient penalty, classification of the real.
-    The penalty needs a double backward, which torch.compile lacks: it runs the eager module."""
+def critic_losses(disc, real, fake, labels, attrs):
+    """One discriminator's terms on a (real, fake) pair: (adversarial, gradient penalty, classification
+    of the real images)."""
     src, cls = disc(torch.cat([real, fake]))
     n = len(real)
     # L_adv^D = -E[D_src(x_d)] + E[D_src(x*_d)] (+ lambda_gp E[(||grad D_src(x~_d)||_2 - 1)^2] below) (Eq. 2)
     adv = -src[:n].mean() + src[n:].mean()
-    gp = common.gradient_penalty(eager_disc, real, fake)
+    gp = common.gradient_penalty(disc, real, fake)
     # L_cls^D = E[-log D_cls(m'|x_d)]: the real image's original values, CE per attribute block (Eq. 3)
     cls_real = common.attribute_classification_loss(attrs, cls[:n], labels)
     return adv, gp, cls_real
 
 
-def make_train_step(args, attrs, nets, run, cnn, bank, opt_g, opt_d, batches, device, dist_, draws):
-    """Returns step(step) -> losses: one D update per step, a G update every n_critic steps."""
-    manipulator = Manipulator(attrs, run["gen"], cnn, args.cam_as_mask)
+# =============================================================================================
+# The training step: one D update, a G update every n_critic steps
+# =============================================================================================
+
+
+def train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, batch, step, draws, dist_):
+    """One iteration: a D update, and every n_critic steps a G update; returns the detached losses.
+    `manipulator` holds G and the frozen CNN, `bank` the reference images, `draws` the generator of
+    the target values and reference ties."""
+    x, labels = batch
     discs = [nets[k] for k in ("disc_image", "disc_crop") if k in nets]
     half = args.img_size // 2
     use_attention_loss = not (args.no_attention_loss or args.cam_as_mask)
-    g_keys = ["g_adv", "g_cls", "g_cycle"] + ["g_attention"] * use_attention_loss \
-        + ["g_perceptual"] * (not args.no_perceptual) + ["g_loss", "attention_mean"]
+    # alternating attributes, one per batch; the target: another value of it, drawn uniformly
+    group = attrs.manipulated[((step - 1) // args.n_critic) % len(attrs.manipulated)]
+    target = random_targets(attrs, labels, group, draws)
+    cam = manipulator.cam(x, labels, group) if args.cam_as_mask else None  # a* of the input, for its value
 
-    def step(it):
-        lr = common.linear_decay(it, args.lr, args.iters, args.iters / 2)
-        common.set_lr([opt_g, opt_d], lr)
-        x, labels = next(batches)
-        r = ((it - 1) // args.n_critic) % len(attrs.manipulated)  # alternating attributes, one per batch
-        group = attrs.manipulated[r]
-        target = random_targets(attrs, labels, group, draws)
-        cam = manipulator.cam(x, labels, r) if args.cam_as_mask else None  # a* of the input, for its value of r
+    # ---------------- Discriminator update (detached fakes) ----------------
+    for d in discs:
+        d.requires_grad_(True)
+    with common.autocast(args, x.device):
+        with torch.no_grad():
+            fake, mask, _, _ = manipulator(x, labels, target, group, cam)
+        adv_i, gp_i, cls_i = critic_losses(nets["disc_image"], x, fake, labels, attrs)
+        losses = {"d_adv_image": adv_i, "d_cls": cls_i, "d_gp": gp_i}
+        if "disc_crop" in nets:
+            boxes = largest_region_boxes(mask)
+            adv_c, gp_c, cls_c = critic_losses(nets["disc_crop"], crop(x, boxes, half), crop(fake, boxes, half),
+                                               labels, attrs)
+            losses.update(d_adv_crop=adv_c, d_cls=cls_i + cls_c, d_gp=gp_i + gp_c)
+        # L_D = sum_{d in I, C} L_adv^D_d (with lambda_gp GP_d) + lambda_cls L_cls^D_d (Eq. 4)
+        d_loss = (sum(v for k, v in losses.items() if k.startswith("d_adv")) + args.lambda_cls * losses["d_cls"]
+                  + args.lambda_gp * losses["d_gp"])
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    dist_.average_gradients(discs)
+    opt_d.step()
+    losses["d_loss"] = d_loss
+    if step % args.n_critic:
+        return {k: v.detach() for k, v in losses.items()}
 
-        # ---------------- Discriminator update (detached fakes) ----------------
-        for d in discs:
-            d.requires_grad_(True)
-        with common.autocast(args, device):
+    # ---------------- Generator update, every n_critic steps ----------------
+    if cam is None and use_attention_loss:
+        cam = manipulator.cam(x, labels, group)
+    for d in discs:
+        d.requires_grad_(False)
+    with common.autocast(args, x.device):
+        fake, mask, _, attention = manipulator(x, labels, target, group, cam)
+        # inverse manipulation m*: back to the original value of the attribute
+        rec = manipulator(fake, target, labels, group).output
+        src, cls = nets["disc_image"](fake)
+        # L_adv^G = -E[D_src(x*_d)] (Eq. 5)
+        g_adv = -src.mean()
+        # L_cls^G = E[-log D_cls(m|x*_d)]: the target values (Eq. 6)
+        g_cls = common.attribute_classification_loss(attrs, cls, target)
+        if "disc_crop" in nets:
+            src_c, cls_c = nets["disc_crop"](crop(fake, largest_region_boxes(mask), half))
+            g_adv = g_adv - src_c.mean()
+            g_cls = g_cls + common.attribute_classification_loss(attrs, cls_c, target)
+        # L_cyc = E[|x_I - G(G(x_I, m), m*)|_1] (Eq. 7)
+        g_cycle = F.l1_loss(rec, x)
+        losses.update(g_adv=g_adv, g_cls=g_cls, g_cycle=g_cycle)
+        g_loss = g_adv + args.lambda_cls * g_cls + args.lambda_cyc * g_cycle
+        if use_attention_loss:
+            # L_a = E[|a - a*|_1], a* the CAM of the input's value of the attribute (Eqs. 8, 9)
+            losses["g_attention"] = F.l1_loss(attention, cam.to(attention.dtype))
+            g_loss = g_loss + args.lambda_a * losses["g_attention"]
+        if not args.no_perceptual:
+            reference = bank[bank.choose(target, group, draws)]
             with torch.no_grad():
-                fake, mask, _, _ = manipulator(x, labels, target, r, cam)
-            adv_i, gp_i, cls_i = wgan_critic(run["disc_image"], nets["disc_image"], x, fake, labels, attrs)
-            losses = {"d_adv_image": adv_i, "d_cls": cls_i, "d_gp": gp_i}
-            if "disc_crop" in run:
-                boxes = largest_region_boxes(mask)
-                adv_c, gp_c, cls_c = wgan_critic(run["disc_crop"], nets["disc_crop"], crop(x, boxes, half),
-                                                 crop(fake, boxes, half), labels, attrs)
-                losses.update(d_adv_crop=adv_c, d_cls=cls_i + cls_c, d_gp=gp_i + gp_c)
-            # L_D = sum_{d in I, C} L_adv^D_d (with lambda_gp GP_d) + lambda_cls L_cls^D_d (Eq. 4)
-            d_loss = (sum(v for k, v in losses.items() if k.startswith("d_adv")) + args.lambda_cls * losses["d_cls"]
-                      + args.lambda_gp * losses["d_gp"])
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        dist_.average_gradients(discs)
-        opt_d.step()
-        losses["d_loss"] = d_loss
+                ref_conv5, ref_pool, _ = manipulator.cnn(reference)
+            fake_conv5, fake_pool, _ = manipulator.cnn(fake)
+            # L_p = sum_j |phi_j(x*) - phi_j(x_ref)|_1, j in {conv5, avg-pool} (or avg-pool only) (Eq. 10)
+            losses["g_perceptual"] = F.l1_loss(fake_pool, ref_pool) + (
+                F.l1_loss(fake_conv5, ref_conv5) if args.perceptual == "conv5+avgpool" else 0.0)
+            g_loss = g_loss + args.lambda_p * losses["g_perceptual"]
+        # L_G = L_adv^G + lambda_cls L_cls^G + lambda_cyc L_cyc + lambda_a L_a + lambda_p L_p (Eq. 11)
+        losses["g_loss"] = g_loss
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    dist_.average_gradients([nets["gen"]])
+    opt_g.step()
+    losses["attention_mean"] = mask.mean()
+    return {k: v.detach() for k, v in losses.items()}
 
-        # ---------------- Generator update, every n_critic steps ----------------
-        if it % args.n_critic == 0:
-            if cam is None and use_attention_loss:
-                cam = manipulator.cam(x, labels, r)
-            # weighted n_critic, 0 in between: log.csv's averages are the G updates' means (deviation 7)
-            losses.update({k: v * args.n_critic for k, v in generator_step(x, labels, target, r, group, cam).items()})
-        else:
-            losses.update({k: torch.zeros((), device=device) for k in g_keys})
-        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
 
-    def generator_step(x, labels, target, r, group, cam):
-        for d in discs:
-            d.requires_grad_(False)
-        with common.autocast(args, device):
-            fake, mask, _, attention = manipulator(x, labels, target, r, cam)
-            # inverse manipulation m*: back to the original value of r
-            rec = manipulator(fake, target, labels, r)[0]
-            src, cls = run["disc_image"](fake)
-            # L_adv^G = -E[D_src(x*_d)] (Eq. 5)
-            terms = {"g_adv": -src.mean()}
-            # L_cls^G = E[-log D_cls(m|x*_d)]: the target values (Eq. 6)
-            terms["g_cls"] = common.attribute_classification_loss(attrs, cls, target)
-            if "disc_crop" in run:
-                src_c, cls_c = run["disc_crop"](crop(fake, largest_region_boxes(mask), args.img_size // 2))
-                terms["g_adv"] = terms["g_adv"] - src_c.mean()
-                terms["g_cls"] = terms["g_cls"] + common.attribute_classification_loss(attrs, cls_c, target)
-            # L_cyc = E[|x_I - G(G(x_I, m), m*)|_1] (Eq. 7)
-            terms["g_cycle"] = F.l1_loss(rec, x)
-            g_loss = terms["g_adv"] + args.lambda_cls * terms["g_cls"] + args.lambda_cyc * terms["g_cycle"]
-            if use_attention_loss:
-                # L_a = E[|a - a*|_1], a* the CAM of the input's value of r (Eqs. 8, 9)
-                terms["g_attention"] = F.l1_loss(attention, cam.to(attention.dtype))
-                g_loss = g_loss + args.lambda_a * terms["g_attention"]
-            if not args.no_perceptual:
-                reference = bank[bank.choose(target, group, draws)]
-                with torch.no_grad():
-                    ref_conv5, ref_pool, _ = cnn(reference)
-                fake_conv5, fake_pool, _ = cnn(fake)
-                # L_p = sum_j |phi_j(x*) - phi_j(x_ref)|_1, j in {conv5, avg-pool} (or avg-pool only) (Eq. 10)
-                terms["g_perceptual"] = F.l1_loss(fake_pool, ref_pool) + (
-                    F.l1_loss(fake_conv5, ref_conv5) if args.perceptual == "conv5+avgpool" else 0.0)
-                g_loss = g_loss + args.lambda_p * terms["g_perceptual"]
-            # L_G = L_adv^G + lambda_cls L_cls^G + lambda_cyc L_cyc + lambda_a L_a + lambda_p L_p (Eq. 11)
-            terms["g_loss"] = g_loss
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        dist_.average_gradients([nets["gen"]])
-        opt_g.step()
-        terms["attention_mean"] = mask.mean()
-        return terms
+# =============================================================================================
+# The training loop
+# =============================================================================================
 
-    return step
+
+def train(args, attrs, train_set, dist_, device, nets, cnn):
+    """--phase train (and bench): optimizers, data, resume, the attribute CNN (trained first when
+    there is none yet), the reference bank, then the loop."""
+    opt_g = common.adam(nets["gen"].parameters(), args.lr, (0.5, 0.999), device)
+    opt_d = common.adam([p for k in ("disc_image", "disc_crop") if k in nets for p in nets[k].parameters()], args.lr,
+                        (0.5, 0.999), device)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    start_step, extra = 0, {}
+    if args.phase == "train":
+        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.resume:
+        ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+        start_step, extra = ckpt["step"], ckpt["extra"]
+    dist_.broadcast(nets.values())
+    batches = common.train_batches(train_set, args, device, dist_, start_step, labels=True)
+    if args.resume:  # after the data stream, which draws its seed from the global RNG
+        common.set_rng_state(ckpt["rng"])
+    if cnn is None and needs_cnn(args):
+        if args.phase == "bench":
+            print("bench: no attribute CNN yet, timing with an untrained one")
+            cnn = AttributeCNN("toy" if args.data in common.TOY_NAMES else "resnet50", [len(v) for v in attrs.values])
+            cnn = cnn.to(device).eval().requires_grad_(False)
+        elif dist_.world > 1:
+            raise common.UserError(f"no attribute CNN at {args.classifier}: train it first with --phase classifier.")
+        else:  # its own RNG streams: the GAN's randomness does not depend on whether the CNN was trained first
+            cnn = train_classifier(args, attrs, train_set, device).requires_grad_(False)
+    manipulator = Manipulator(attrs, nets["gen"], cnn, args.cam_as_mask)
+    bank = None if args.no_perceptual else ReferenceBank(train_set, args.ref_per_label_set, args.seed, device,
+                                                         args.workers)
+    draws = torch.Generator(device=device).manual_seed(args.seed + dist_.rank)  # targets, reference ties
+    if "draws" in extra:
+        draws.set_state(extra["draws"])
+
+    if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
+        bench = common.Bench(args, device)
+        for step in bench.steps():
+            losses = train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, next(batches), step, draws, dist_)
+        bench.report(losses)
+        return
+
+    samples = [train_set[i] for i in range(4)]
+    sample_x = torch.stack([s["image"] for s in samples]).to(device)
+    sample_labels = torch.stack([s["labels"] for s in samples]).to(device)
+    last_step = min(args.iters, args.stop_at or args.iters)
+    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    for step in range(start_step + 1, last_step + 1):
+        lr = common.linear_decay(step, args.lr, args.iters, args.iters / 2)
+        common.set_lr([opt_g, opt_d], lr)
+        losses = train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, next(batches), step, draws, dist_)
+        log.add(losses)
+        save = step == last_step or (args.save_every and step % args.save_every == 0)
+        if step % args.log_every == 0 or save:
+            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+        if dist_.main and args.sample_every and step % args.sample_every == 0:
+            path = os.path.join(args.out, "samples", f"step_{step:07d}.png")
+            sample_grid(nets, attrs, manipulator, path, sample_x, sample_labels)
+        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        if save or interrupted:
+            log.write(step, lr)
+            if dist_.main:
+                extra = {"elapsed": log.seconds(), "draws": draws.get_state()}
+                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, extra)
+            log.last_saved = step
+        if interrupted:
+            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+    log.close()
+    ctrl_c.close()
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
+              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
 
 
 # =============================================================================================
@@ -481,7 +565,7 @@ def confine(region, content, attention, x, where):
     """Eq. 12: sleeves x' = a1* z + (1 - a1*) x; torso: a_t = a (1 - a1*), x' = a_t z + (1 - a_t) x,
     with a1* the thresholded sleeveless attention and (z, a) the confined manipulation's. -> (x', mask)."""
     mask = region if where == "sleeves" else attention * (1 - region)
-    return compose(mask, content, x), mask
+    return compose(content, mask, x), mask
 
 
 class RegionManipulator:
@@ -494,20 +578,13 @@ class RegionManipulator:
 
     def region(self, x, labels):
         """a1* = a1 [a1 >= threshold], a1 the attention of the region manipulation (Sec. 4)."""
-        r = self.attrs.manipulated.index(self.region_group)
         target = self.attrs.set_value(labels, self.region_group, self.region_value)
-        a1 = self.manipulator(x, labels, target, r)[1]
+        a1 = self.manipulator(x, labels, target, self.region_group).mask
         return a1 * (a1 >= self.threshold).to(a1.dtype)
 
     def __call__(self, x, labels, target, group, where):
-        r = self.attrs.manipulated.index(group)
-        _, attention, content, _ = self.manipulator(x, labels, target, r)
-        return confine(self.region(x, labels), content, attention, x, where)
-
-
-# =============================================================================================
-# Phases
-# =============================================================================================
+        _, mask, content, _ = self.manipulator(x, labels, target, group)
+        return confine(self.region(x, labels), content, mask, x, where)
 
 
 @torch.no_grad()
@@ -529,7 +606,7 @@ def region_metrics(args, attrs, manipulator, regions, device):
                 continue
             xs, ls = x[other], labels[other]
             target = attrs.set_value(ls, colour, v)
-            plain = manipulator(xs, ls, target, attrs.manipulated.index(colour))[0]
+            plain = manipulator(xs, ls, target, colour).output
             for where, mask in masks.items():
                 confined = regions(xs, ls, target, colour, where)[0]
                 for kind, out in (("confined", confined), ("plain", plain)):
@@ -542,6 +619,11 @@ def region_metrics(args, attrs, manipulator, regions, device):
             "plain_colour_change_in_torso": share["torso_plain"]}
 
 
+# =============================================================================================
+# Sampling, test and eval
+# =============================================================================================
+
+
 @torch.no_grad()
 def sample_grid(nets, attrs, manipulator, path, x, labels):
     """Per row: the input, then per manipulation (every value of each categorical group, the flip of
@@ -549,53 +631,92 @@ def sample_grid(nets, attrs, manipulator, path, x, labels):
     for net in nets.values():
         net.eval()
     columns = [x]
-    for g, target in attrs.grid_targets(labels):
-        out, mask, _, _ = manipulator(x, labels, target, attrs.manipulated.index(g))
+    for group, target in attrs.grid_targets(labels):
+        out, mask, _, _ = manipulator(x, labels, target, group)
         columns += [common.heat_overlay(mask, x), out]
     common.save_grid(path, columns)
     for net in nets.values():
         net.train()
 
 
-def test_or_eval(args, attrs, manipulator, cnn, device):
-    """--phase test: manipulated test images (or --input images, their labels read by the CNN),
-    optionally confined by --region; --phase eval: the attribute metrics, plus on toy-attr the
-    region-specific manipulation metric."""
-    region_attr = args.region_from.partition("=")[0]
-    has_regions = region_attr in attrs.names and attrs.names.index(region_attr) in attrs.manipulated
-    if args.phase == "test":
-        regions = None
-        if args.region:
-            if not has_regions:
-                raise common.UserError(f"--region needs the attribute of --region_from {args.region_from} among the "
-                                       f"manipulated ones (--attrs).")
-            regions = RegionManipulator(attrs, manipulator, args.region_from, args.region_threshold)
-            if regions.region_group in [g for g, _ in attrs.parse_target(args.target)]:
-                raise common.UserError(f"--region confines a manipulation of another attribute than {region_attr}; "
-                                       f"--target {args.target} changes {region_attr} itself.")
+def has_regions(args, attrs):
+    """Whether the attribute of --region_from (e.g. sleeve) is among the manipulated ones."""
+    name = args.region_from.partition("=")[0]
+    return name in attrs.names and attrs.names.index(name) in attrs.manipulated
 
-        @torch.no_grad()
-        def manipulate(x, labels, target, group):
-            if regions is not None:
-                out, mask = regions(x, labels, target, group, args.region)
-            else:
-                out, mask, _, _ = manipulator(x, labels, target, attrs.manipulated.index(group))
-            return out.float(), mask.float()
 
-        predict = lambda x: torch.stack([logits.argmax(1) for logits in cnn(x)[2]], dim=1)  # noqa: E731
-        common.attribute_test(args, attrs, manipulate, predict, device)
-        return
+@torch.no_grad()
+def test(args, attrs, manipulator, device):
+    """--phase test: <out>/test/<name>_<attribute>=<value>.png and its mask for every single change of
+    the test images, or the --target manipulations applied one after the other (confined to
+    --region); --input images get their labels from the attribute CNN."""
+    regions = None
+    if args.region:
+        if not has_regions(args, attrs):
+            raise common.UserError(f"--region needs the attribute of --region_from {args.region_from} among the "
+                                   f"manipulated ones (--attrs).")
+        regions = RegionManipulator(attrs, manipulator, args.region_from, args.region_threshold)
+        if regions.region_group in [g for g, _ in attrs.parse_target(args.target)]:
+            name = attrs.names[regions.region_group]
+            raise common.UserError(f"--region confines a manipulation of another attribute than {name}; "
+                                   f"--target {args.target} changes {name} itself.")
 
-    @torch.no_grad()
     def manipulate(x, labels, target, group):
-        out, mask, _, _ = manipulator(x, labels, target, attrs.manipulated.index(group))
+        if regions is not None:
+            out, mask = regions(x, labels, target, group, args.region)
+        else:
+            out, mask = manipulator(x, labels, target, group)[:2]
         return out.float(), mask.float()
 
-    extra = None
-    if args.data == "toy-attr" and has_regions and attrs.names.index("color") in attrs.manipulated:
+    folder = os.path.join(args.out, "test")
+    targets = attrs.parse_target(args.target) if args.target else None
+    if args.input:
+        batch = common.input_images(args)
+        batch["labels"] = torch.stack([logits.argmax(1) for logits in manipulator.cnn(batch["image"].to(device))[2]], 1)
+        batches = [batch]
+    else:
+        batches = common.test_batches(common.attribute_data(args, "test")[1], args)
+    count = 0
+    for batch in batches:
+        x, labels = batch["image"].to(device), batch["labels"].to(device)
+        if targets:  # --target: the manipulations one after the other
+            out, current = x, labels
+            for group, value in targets:
+                target = attrs.set_value(current, group, value)
+                out, mask = manipulate(out, current, target, group)
+                current = target
+            tag = "_".join(attrs.describe(g, v) for g, v in targets)
+            common.save_pictures(folder, [f"{name}_{tag}" for name in batch["name"]], out, mask)
+            count += len(x)
+            continue
+        for group, value, target, valid in attrs.changes(labels):  # every single change of the image's values
+            if valid.any():
+                out, mask = manipulate(x[valid], labels[valid], target[valid], group)
+                names = [f"{name}_{attrs.describe(group, value)}"
+                         for name, keep in zip(batch["name"], valid.tolist()) if keep]
+                common.save_pictures(folder, names, out, mask)
+                count += len(names)
+    print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
+
+
+@torch.no_grad()
+def evaluate(args, attrs, manipulator, device):
+    """--phase eval: the attribute metrics of SPEC section 3 for every single change of the test
+    split, and on toy-attr the region-specific manipulation's -> <out>/metrics.json."""
+    _, test_set = common.attribute_data(args, "test")
+    metrics = common.AttributeMetrics(args, attrs, test_set, device)
+    for batch in common.test_batches(test_set, args):
+        x, labels = batch["image"].to(device), batch["labels"].to(device)
+        for group, value, target, valid in attrs.changes(labels):
+            if valid.any():
+                keep = valid.to(device)
+                out, mask, _, _ = manipulator(x[keep], labels[keep], target[keep], group)
+                metrics.add(batch, keep, group, value, target, out.float(), mask.float())
+    results = metrics.summary()
+    if args.data == "toy-attr" and has_regions(args, attrs) and attrs.names.index("color") in attrs.manipulated:
         regions = RegionManipulator(attrs, manipulator, args.region_from, args.region_threshold)
-        extra = lambda results: results.update(region=region_metrics(args, attrs, manipulator, regions, device))  # noqa: E731
-    common.attribute_eval(args, attrs, manipulate, device, extra)
+        results["region"] = region_metrics(args, attrs, manipulator, regions, device)
+    common.write_metrics(args.out, results)
 
 
 def main(argv=None):
@@ -616,7 +737,8 @@ def main(argv=None):
     add("--lambda_cls", type=float, default=1.0, help="classification weight")
     add("--lambda_cyc", type=float, default=10.0, help="cycle-consistency weight")
     add("--lambda_a", type=float, default=10.0, help="attention loss weight")
-    add("--lambda_p", type=float, default=None, help="perceptual loss weight (default 20, or 10 with --perceptual avgpool)")
+    add("--lambda_p", type=float, default=None,
+        help="perceptual loss weight (default 20, or 10 with --perceptual avgpool)")
     add("--lambda_gp", type=float, default=10.0, help="gradient penalty weight")
     add("--perceptual", default="conv5+avgpool", choices=["conv5+avgpool", "avgpool"],
         help="CNN features of the perceptual loss (the paper uses avg-pool only on Shopping100k)")
@@ -645,56 +767,28 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         train_classifier(args, attrs, train_set, common.pick_device(args))
         return
-
-    dist_, device, nets, run = common.start_run(args, lambda a: build_networks(a, attrs))
+    dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args, attrs)
+    for net in nets.values():
+        common.to_device(net, device)
+    if args.compile:  # G only: the gradient penalties differentiate through the Ds twice (deviation 7)
+        nets["gen"].compile()
     cnn = load_classifier(args, attrs, device) if os.path.isfile(args.classifier) else None
     if args.phase in ("test", "eval"):
         if cnn is None and (args.cam_as_mask or (args.phase == "test" and args.input)):
-            raise common.UserError(f"no attribute CNN at {args.classifier}: {'--cam_as_mask' if args.cam_as_mask else '--input'}"
-                                   f" needs it; train it with --phase classifier (or point --classifier at it).")
+            raise common.UserError(f"no attribute CNN at {args.classifier}: "
+                                   f"{'--cam_as_mask' if args.cam_as_mask else '--input'} needs it; train it with "
+                                   f"--phase classifier (or point --classifier at it).")
         common.load_checkpoint(args.ckpt, SCRIPT, nets)
         for net in nets.values():
             net.eval()
-        test_or_eval(args, attrs, Manipulator(attrs, run["gen"], cnn, args.cam_as_mask), cnn, device)
-        return
-
-    opt_g = common.adam(nets["gen"].parameters(), args.lr, (0.5, 0.999), device)
-    opt_d = common.adam([p for k in ("disc_image", "disc_crop") if k in nets for p in nets[k].parameters()], args.lr,
-                        (0.5, 0.999), device)
-    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    start_step, elapsed, extra, batches = common.begin_training(args, SCRIPT, dist_, device, nets, optimizers, train_set,
-                                                                labels=True)
-    if cnn is None and needs_cnn(args):
-        if args.phase == "bench":
-            print("bench: no attribute CNN yet, timing with an untrained one")
-            cnn = AttributeCNN("toy" if args.data in common.TOY_NAMES else "resnet50", [len(v) for v in attrs.values])
-            cnn = cnn.to(device).eval().requires_grad_(False)
-        elif dist_.world > 1:
-            raise common.UserError(f"no attribute CNN at {args.classifier}: train it first with --phase classifier.")
-        else:  # its own RNG streams: the GAN's randomness does not depend on whether the CNN was trained first
-            cnn = train_classifier(args, attrs, train_set, device).requires_grad_(False)
-    bank = None if args.no_perceptual else ReferenceBank(train_set, args.ref_per_label_set, args.seed, device, args.workers)
-    draws = torch.Generator(device=device).manual_seed(args.seed + dist_.rank)  # targets, reference ties
-    if "draws" in extra:
-        draws.set_state(extra["draws"])
-    step = make_train_step(args, attrs, nets, run, cnn, bank, opt_g, opt_d, batches, device, dist_, draws)
-    if args.phase == "bench":
-        common.bench(args, device, step, (batches,))
-        return
-
-    samples = [train_set[i] for i in range(4)]
-    sample_x = torch.stack([s["image"] for s in samples]).to(device)
-    sample_labels = torch.stack([s["labels"] for s in samples]).to(device)
-    sampler = Manipulator(attrs, run["gen"], cnn, args.cam_as_mask)
-
-    def save(it, seconds):
-        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers,
-                               {"elapsed": seconds, "draws": draws.get_state()})
-
-    def sample(it):
-        sample_grid(nets, attrs, sampler, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_x, sample_labels)
-
-    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
+        manipulator = Manipulator(attrs, nets["gen"], cnn, args.cam_as_mask)
+        (test if args.phase == "test" else evaluate)(args, attrs, manipulator, device)
+    else:
+        train(args, attrs, train_set, dist_, device, nets, cnn)
+    dist_.close()
 
 
 if __name__ == "__main__":

@@ -4,18 +4,18 @@ Paper: https://arxiv.org/abs/1911.11897   Official PyTorch code: https://github.
 
 A CycleGAN whose generators do not paint the whole output: they produce content masks C_i and
 attention masks A_i, and the output is a per-pixel mixture of the contents and the input,
-G(x) = sum_i C_i * A_i + x * A_background. Where the background attention is 1 the input passes
-through untouched, so the attention shows where the generator changed the image.
+G(x) = sum_i C_i * A_i + x * A_background (`compose`). Where the background attention is 1 the
+input passes through untouched, so the attention shows where the generator changed the image.
 
 Scheme II (default, the official code): a shared encoder, a content decoder (n-1 tanh content
 masks) and an attention decoder (n softmax attention masks, the last one for the background).
 Scheme I (--scheme I): one decoder gives one content image and one sigmoid attention mask,
 G(x) = C * A + x * (1 - A), with the paper's attention-guided discriminators and TV loss.
 LSGAN + cycle + identity losses, a pool of 50 generated images. Phases: train, test (--input for
-your own images), eval (toy metrics or KID/FID), bench.
+your own images), eval (toy metrics or KID/FID), bench. The loss comments name the paper's terms.
 
-Loss comments name the paper's terms; its equation numbers could not be checked on this offline
-machine, so they are not quoted.
+The file reads top to bottom: networks, losses, the training step, the training loop, sampling
+and test, main().
 
 Deviations from the paper / official code:
  1. Scheme I's attention-guided discriminators D_XA, D_YA (they see the pair [attention, image]) and
@@ -34,10 +34,9 @@ Deviations from the paper / official code:
  4. Sampling and testing run under torch.no_grad() in eval mode; D weights need no gradient in the
     G update (as in the official code).
  5. --bg_init P starts the background attention at P instead of 1/n by setting the attention head's
-    biases (off by default; the toy preset uses 0.5). With the official init the 10-minute toy run
-    translates and keeps the background, but mostly by content masks that repaint the smooth toy
-    grass; the background mask stays near 0.1. Starting it at 0.5 lets the input itself carry the
-    background, which is what the method intends (README: both runs measured).
+    biases (off by default; the toy preset uses 0.5): the output then starts close to the input,
+    so the input itself can carry the background from the first step. With 1/n the content masks
+    have to learn to repaint the background first.
 """
 import argparse
 import math
@@ -51,8 +50,8 @@ import common
 
 SCRIPT = "attentiongan"
 ARCH_FLAGS = ("img_size", "scheme", "ngf", "ndf", "n_res", "n_masks")
-TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, bg_init=0.5, iters=2500, sample_every=250, save_every=500,
-                  log_every=50, workers=1)
+TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, bg_init=0.5, iters=2500, sample_every=250,
+                  save_every=500, log_every=50, workers=1)
 # the released models (official README): 60 epochs, batch 4, no decay
 RELEASED_PRESET = dict(n_epochs=60, n_epochs_decay=0, batch_size=4)
 
@@ -128,10 +127,12 @@ def check_img_size(args):
         raise common.UserError(f"--img_size {args.img_size} does not work: the generator halves the image twice and "
                                f"doubles it back (a multiple of 4), and the 70x70 PatchGAN needs at least 32 px.")
     if args.scheme == "II" and args.n_masks < 2:
-        raise common.UserError(f"--n_masks {args.n_masks}: Scheme II needs at least one foreground and the background mask.")
+        raise common.UserError(f"--n_masks {args.n_masks}: Scheme II needs at least one foreground and the "
+                               f"background mask.")
 
 
 def build_networks(args):
+    """Two generators and the two PatchGAN discriminators (Scheme I adds two attention-guided ones)."""
     make_gen = (lambda: GeneratorII(args.ngf, args.n_res, args.n_masks)) if args.scheme == "II" else \
         (lambda: GeneratorI(args.ngf, args.n_res))
     nets = {"gen_a2b": make_gen(), "gen_b2a": make_gen(),
@@ -160,126 +161,212 @@ def start_with_background(gen, p):
 
 
 # =============================================================================================
-# Losses
+# Losses (LSGAN is common.lsgan: mean (x - target)^2, the official gan_mode lsgan)
 # =============================================================================================
-
-
-def lsgan(x, target):
-    """Least-squares GAN term: mean (x - target)^2 (the official gan_mode lsgan)."""
-    return F.mse_loss(x, torch.full_like(x, target))
 
 
 def total_variation(mask):
     """sum_{h,w} |A_{h+1,w} - A_{h,w}| + |A_{h,w+1} - A_{h,w}| per image, mean over images."""
-    tv = (mask[:, :, 1:] - mask[:, :, :-1]).abs().sum((1, 2, 3)) + (mask[..., 1:] - mask[..., :-1]).abs().sum((1, 2, 3))
-    return tv.mean()
+    vertical = (mask[:, :, 1:] - mask[:, :, :-1]).abs().sum((1, 2, 3))
+    horizontal = (mask[..., 1:] - mask[..., :-1]).abs().sum((1, 2, 3))
+    return (vertical + horizontal).mean()
 
 
 # =============================================================================================
-# The training step
+# The training step: G update, then D update on pooled fakes (the official order)
 # =============================================================================================
 
 
-def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_):
-    """Returns step(step) -> losses: the official order, G update then D update on pooled fakes."""
+def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_):
+    """One iteration on a batch of each domain; returns the detached losses."""
+    gen_a2b, gen_b2a = nets["gen_a2b"], nets["gen_b2a"]
+    gens, discs = [gen_a2b, gen_b2a], [nets[k] for k in nets if k.startswith("disc")]
+    scheme_one = args.scheme == "I"
+    n = real_a.shape[0]
+
+    # ---------------- Generator update ----------------
+    for d in discs:
+        d.requires_grad_(False)
+    with common.autocast(args, real_a.device):
+        # one call per generator: translation and identity mapping (deviation 2)
+        out_a2b, att_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
+        out_b2a, att_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
+        fake_b, idt_b, fake_a, idt_a = out_a2b[:n], out_a2b[n:], out_b2a[:n], out_b2a[n:]
+        rec_a, _, _ = gen_b2a(fake_b)
+        rec_b, _, _ = gen_a2b(fake_a)
+        # L_GAN(G, D_Y) (adversarial loss, LSGAN form): E_x[(D_Y(G(x)) - 1)^2], and the same for F, D_X
+        g_adv = common.lsgan(nets["disc_b"](fake_b), 1.0) + common.lsgan(nets["disc_a"](fake_a), 1.0)
+        # L_cycle (cycle-consistency loss): E_x |F(G(x)) - x|_1 + E_y |G(F(y)) - y|_1
+        g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+        # L_id (identity-preserving loss): E_y |G(y) - y|_1 + E_x |F(x) - x|_1, weighted lambda_identity * lambda_cycle
+        g_identity = F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a)
+        g_att_adv = g_tv = torch.zeros((), device=real_a.device)
+        if scheme_one:
+            mask_a2b, mask_b2a = att_a2b[:n, :1], att_b2a[:n, :1]
+            # L_AGAN(G, D_YA) (Scheme I): E_x[(D_YA([A_y, G(x)]) - 1)^2], and the same for F, D_XA
+            g_att_adv = (common.lsgan(nets["disc_att_b"](torch.cat([mask_a2b, fake_b], 1)), 1.0)
+                         + common.lsgan(nets["disc_att_a"](torch.cat([mask_b2a, fake_a], 1)), 1.0))
+            # L_tv (Scheme I): sum |A_{h+1,w} - A_{h,w}| + |A_{h,w+1} - A_{h,w}| over both generators' masks
+            g_tv = total_variation(mask_a2b) + total_variation(mask_b2a)
+        # L = L_GAN + lambda_cycle L_cycle + lambda_id L_id (+ L_AGAN + lambda_tv L_tv in Scheme I) (full objective)
+        g_loss = (g_adv + g_att_adv + args.lambda_cycle * g_cycle
+                  + args.lambda_identity * args.lambda_cycle * g_identity + args.lambda_tv * g_tv)
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    dist_.average_gradients(gens)
+    opt_g.step()
+
+    # ---------------- Discriminator update (pooled, detached fakes) ----------------
+    for d in discs:
+        d.requires_grad_(True)
+    with common.autocast(args, real_a.device):
+        d_loss = 0.0
+        pairs_by_domain = (("a", real_a, fake_a, att_b2a[:n, :1]), ("b", real_b, fake_b, att_a2b[:n, :1]))
+        for domain, real, fake, mask in pairs_by_domain:
+            # the pool keeps (fake, its attention) pairs for Scheme I's attention-guided D
+            old_fake, *old_mask = pools[domain].query(fake.detach(), *([mask.detach()] if scheme_one else []))
+            logit = nets[f"disc_{domain}"](torch.cat([real, old_fake]))
+            # L_D = 0.5 * (E_y[(D_Y(y) - 1)^2] + E_x[D_Y(G(x))^2]) (LSGAN; CycleGAN halves the D objective)
+            d_loss = d_loss + 0.5 * (common.lsgan(logit[:n], 1.0) + common.lsgan(logit[n:], 0.0))
+            if scheme_one:
+                # attention-guided D (Scheme I): real pair [A_y, y] vs fake pair [A_y, G(x)], same mask A_y
+                pairs = torch.cat([torch.cat([mask.detach(), real], 1), torch.cat([old_mask[0], old_fake], 1)])
+                logit = nets[f"disc_att_{domain}"](pairs)
+                d_loss = d_loss + 0.5 * (common.lsgan(logit[:n], 1.0) + common.lsgan(logit[n:], 0.0))
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    dist_.average_gradients(discs)
+    opt_d.step()
+    losses = {"d_loss": d_loss, "g_adv": g_adv + g_att_adv, "g_cycle": g_cycle, "g_identity": g_identity,
+              "g_tv": g_tv, "g_loss": g_loss}
+    return {k: v.detach() for k, v in losses.items()}
+
+
+# =============================================================================================
+# The training loop
+# =============================================================================================
+
+
+def train(args, dist_, device, nets):
+    """--phase train (and bench): optimizers, image pools, data, resume, then the loop."""
     gens = [nets["gen_a2b"], nets["gen_b2a"]]
     discs = [nets[k] for k in nets if k.startswith("disc")]
-    gen_a2b, gen_b2a = run["gen_a2b"], run["gen_b2a"]
-    scheme_one = args.scheme == "I"
+    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
+    opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
+    train_a, train_b = common.two_domain_train_sets(args)
+    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.n_epochs + args.n_epochs_decay, dist_)
+    start_step, extra = 0, {}
+    if args.phase == "train":
+        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.resume:  # a resumed run continues with its saved pools
+        ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+        start_step, extra = ckpt["step"], ckpt["extra"]
+        for d, pool in pools.items():
+            if f"pool_{d}" in extra:
+                pool.load_state_dict(extra[f"pool_{d}"], device)
+    dist_.broadcast(nets.values())
+    batches_a = common.train_batches(train_a, args, device, dist_, start_step, seed_offset=0)
+    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    if args.resume:  # after the data streams, which draw their seeds from the global RNG
+        common.set_rng_state(ckpt["rng"])
+
+    if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
+        bench = common.Bench(args, device)
+        for _ in bench.steps():
+            losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_)
+        bench.report(losses)
+        return
+
+    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
+    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
     decay_start = args.iters * args.n_epochs / max(1, args.n_epochs + args.n_epochs_decay)
-
-    def step(it):
-        lr = common.linear_decay(it, args.lr, args.iters, decay_start)
+    last_step = min(args.iters, args.stop_at or args.iters)
+    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    for step in range(start_step + 1, last_step + 1):
+        lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
-        real_a, real_b = next(batches_a), next(batches_b)
-        n = real_a.shape[0]
-
-        # ---------------- Generator update ----------------
-        for d in discs:
-            d.requires_grad_(False)
-        with common.autocast(args, device):
-            # one call per generator: translation and identity mapping (deviation 2)
-            out_a2b, att_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
-            out_b2a, att_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
-            fake_b, idt_b, fake_a, idt_a = out_a2b[:n], out_a2b[n:], out_b2a[:n], out_b2a[n:]
-            rec_a, _, _ = gen_b2a(fake_b)
-            rec_b, _, _ = gen_a2b(fake_a)
-            # L_GAN(G, D_Y) (adversarial loss, LSGAN form): E_x[(D_Y(G(x)) - 1)^2], and the same for F, D_X
-            g_adv = lsgan(run["disc_b"](fake_b), 1.0) + lsgan(run["disc_a"](fake_a), 1.0)
-            # L_cycle (cycle-consistency loss): E_x |F(G(x)) - x|_1 + E_y |G(F(y)) - y|_1
-            g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
-            # L_id (identity-preserving loss): E_y |G(y) - y|_1 + E_x |F(x) - x|_1, weighted lambda_identity * lambda_cycle
-            g_identity = F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a)
-            g_att_adv = g_tv = torch.zeros((), device=device)
-            if scheme_one:
-                mask_a2b, mask_b2a = att_a2b[:n, :1], att_b2a[:n, :1]
-                # L_AGAN(G, D_YA) (Scheme I): E_x[(D_YA([A_y, G(x)]) - 1)^2], and the same for F, D_XA
-                g_att_adv = (lsgan(run["disc_att_b"](torch.cat([mask_a2b, fake_b], 1)), 1.0)
-                             + lsgan(run["disc_att_a"](torch.cat([mask_b2a, fake_a], 1)), 1.0))
-                # L_tv (Scheme I): sum |A_{h+1,w} - A_{h,w}| + |A_{h,w+1} - A_{h,w}| over both generators' masks
-                g_tv = total_variation(mask_a2b) + total_variation(mask_b2a)
-            # L = L_GAN + lambda_cycle L_cycle + lambda_id L_id (+ L_AGAN + lambda_tv L_tv in Scheme I) (full objective)
-            g_loss = (g_adv + g_att_adv + args.lambda_cycle * g_cycle
-                      + args.lambda_identity * args.lambda_cycle * g_identity + args.lambda_tv * g_tv)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        dist_.average_gradients(gens)
-        opt_g.step()
-
-        # ---------------- Discriminator update (pooled, detached fakes) ----------------
-        for d in discs:
-            d.requires_grad_(True)
-        with common.autocast(args, device):
-            d_loss = 0.0
-            for domain, real, fake, mask in (("a", real_a, fake_a, att_b2a[:n, :1]), ("b", real_b, fake_b, att_a2b[:n, :1])):
-                # the pool keeps (fake, its attention) pairs for Scheme I's attention-guided D
-                old_fake, *old_mask = pools[domain].query(fake.detach(), *([mask.detach()] if scheme_one else []))
-                logit = run[f"disc_{domain}"](torch.cat([real, old_fake]))
-                # L_D = 0.5 * (E_y[(D_Y(y) - 1)^2] + E_x[D_Y(G(x))^2]) (LSGAN; CycleGAN halves the D objective)
-                d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
-                if scheme_one:
-                    # attention-guided D (Scheme I): real pair [A_y, y] vs fake pair [A_y, G(x)], same mask A_y
-                    pairs = torch.cat([torch.cat([mask.detach(), real], 1), torch.cat([old_mask[0], old_fake], 1)])
-                    logit = run[f"disc_att_{domain}"](pairs)
-                    d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        dist_.average_gradients(discs)
-        opt_d.step()
-        losses = {"d_loss": d_loss, "g_adv": g_adv + g_att_adv, "g_cycle": g_cycle, "g_identity": g_identity,
-                  "g_tv": g_tv, "g_loss": g_loss}
-        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
-
-    return step
+        losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_)
+        log.add(losses)
+        save = step == last_step or (args.save_every and step % args.save_every == 0)
+        if step % args.log_every == 0 or save:
+            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+        if dist_.main and args.sample_every and step % args.sample_every == 0:
+            sample_grid(nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
+        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        if save or interrupted:
+            log.write(step, lr)
+            if dist_.main:
+                extra = {"elapsed": log.seconds(), **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
+                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, extra)
+            log.last_saved = step
+        if interrupted:
+            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+    log.close()
+    ctrl_c.close()
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
+              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
 
 
 # =============================================================================================
-# Phases
+# Sampling, test and eval
 # =============================================================================================
 
 
 @torch.no_grad()
-def translate(run, x, direction):
+def translate(nets, x, direction):
     """(output, foreground attention = 1 - background mask) for a batch in eval mode."""
-    out, attention, _ = run[f"gen_{direction}"](x)
+    out, attention, _ = nets[f"gen_{direction}"](x)
     return out.float(), 1 - attention[:, -1:].float()
 
 
 @torch.no_grad()
-def sample_grid(nets, run, path, real_a, real_b):
+def sample_grid(nets, path, real_a, real_b):
     """Per row: input, output, foreground attention over the input, every attention mask (the last is
     the background's; black 0, white 1), every content mask; A->B rows first, then B->A rows."""
     for net in nets.values():
         net.eval()
     rows = []
     for real, direction in ((real_a, "a2b"), (real_b, "b2a")):
-        out, attention, content = run[f"gen_{direction}"](real)
+        out, attention, content = nets[f"gen_{direction}"](real)
         rows.append([real, out, common.heat_overlay(1 - attention[:, -1:], real)]
                     + [common.grey(attention[:, i:i + 1]) for i in range(attention.shape[1])]
                     + [content[:, i] for i in range(content.shape[1])])
     common.save_grid(path, [torch.cat(col) for col in zip(*rows)])
     for net in nets.values():
         net.train()
+
+
+@torch.no_grad()
+def test(args, nets, device):
+    """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
+    (or the --input images)."""
+    for direction, source, _ in common.directions(args):
+        folder = os.path.join(args.out, "test", direction)
+        batches = [common.input_images(args)] if args.input else common.test_batches(
+            common.test_split(args, source), args)
+        count = 0
+        for batch in batches:
+            x = batch["image"].to(device)
+            out, attention = translate(nets, x, direction)
+            common.save_pictures(folder, batch["name"], out, attention, under=x)
+            count += len(x)
+        print(f"{direction}: {count} translations and attention maps in {folder}")
+
+
+@torch.no_grad()
+def evaluate(args, nets, device):
+    """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
+    metrics = common.TranslationMetrics(args, device)
+    for direction, source, target in common.directions(args):
+        for batch in common.test_batches(common.test_split(args, source), args):
+            metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
+        for batch in common.test_batches(common.test_split(args, target), args):
+            metrics.add_real(direction, batch)
+    metrics.write()
 
 
 def main(argv=None):
@@ -292,7 +379,8 @@ def main(argv=None):
     add = parser.add_argument
     parser.set_defaults(lr=2e-4)
     add("--scheme", default="II", choices=["I", "II"],
-        help="II: separate content/attention decoders, n masks (official code); I: one mask, attention-guided D, TV loss")
+        help="II: separate content/attention decoders, n masks (official code); I: one mask, attention-guided D, "
+             "TV loss")
     add("--n_masks", type=int, default=10, help="Scheme II: attention masks n (n-1 content masks + the background)")
     add("--ngf", type=int, default=64, help="generator base channels")
     add("--ndf", type=int, default=64, help="discriminator base channels")
@@ -313,41 +401,22 @@ def main(argv=None):
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS)
     check_img_size(args)
 
-    dist_, device, nets, run = common.start_run(args, build_networks)
-
+    dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        common.to_device(net, device)
+        if args.compile:
+            net.compile()
     if args.phase in ("test", "eval"):
-        common.test_or_eval(args, SCRIPT, nets, lambda x, direction: translate(run, x, direction), device)
-        return
-
-    gens = [nets["gen_a2b"], nets["gen_b2a"]]
-    discs = [nets[k] for k in nets if k.startswith("disc")]
-    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
-    opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
-    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
-    train_a, train_b = common.two_domain_train_sets(args)
-    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.n_epochs + args.n_epochs_decay, dist_)
-    start_step, elapsed, extra, batches_a, batches_b = common.begin_training(
-        args, SCRIPT, dist_, device, nets, optimizers, train_a, train_b)
-    for d, pool in pools.items():  # a resumed run continues with its saved pools
-        if f"pool_{d}" in extra:
-            pool.load_state_dict(extra[f"pool_{d}"], device)
-    step = make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_)
-    if args.phase == "bench":
-        common.bench(args, device, step, (batches_a, batches_b))
-        return
-
-    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
-    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
-
-    def save(it, seconds):
-        extra = {"elapsed": seconds, **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
-        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, extra)
-
-    def sample(it):
-        sample_grid(nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b)
-
-    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
+        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        for net in nets.values():
+            net.eval()
+        (test if args.phase == "test" else evaluate)(args, nets, device)
+    else:
+        train(args, dist_, device, nets)
+    dist_.close()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """CAM-consistency loss, from "Not Just Compete, but Collaborate: Local Image-to-Image Translation via
 Cooperative Mask Prediction". Daejin Kim, Mohammad Azam Khan, Jaegul Choo. CVPR 2021.
-Paper: https://openaccess.thecvf.com/content/CVPR2021/html/Kim_Not_Just_Compete_but_Collaborate_Local_Image-to-Image_Translation_via_Cooperative_CVPR_2021_paper.html
+Paper: https://openaccess.thecvf.com/content/CVPR2021/html/
+       Kim_Not_Just_Compete_but_Collaborate_Local_Image-to-Image_Translation_via_Cooperative_CVPR_2021_paper.html
 Base model: StarGAN (Choi et al., CVPR 2018, https://arxiv.org/abs/1711.09020), official code yunjey/stargan.
 
 StarGAN edits attributes (hair colour, gender, ... or a shirt's colour and sleeves) with one
@@ -14,7 +15,8 @@ both terms off: the script is then plain StarGAN, the paper's baseline.
 
 Phases: train, test (--input for your own images, --target for the manipulation), eval (toy-attr:
 attribute accuracy by the toy judge, preservation outside the changed region, Grad-CAM IoU,
-retrieval; real data: KID/FID), bench.
+retrieval; real data: KID/FID), bench. The file reads top to bottom: networks, Grad-CAM and the
+losses, the training step, the training loop, sampling and test, main().
 
 Deviations from the paper / official StarGAN code:
  1. Grad-CAM is taken on D's feature map after block --cam_layer (default: the deepest one with at
@@ -24,10 +26,10 @@ Deviations from the paper / official StarGAN code:
     one's); M = ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of ds/dA_k, divided by its
     per-image maximum and bilinearly upsampled. It is computed on the translated image G(x, c),
     the image whose attributes D is asked to recognise. |x - y| is averaged over the colour channels.
- 2. The loss weights could not be confirmed from the paper on this offline machine: --lambda_cam
-    (G term, default 10) and --lambda_cam_d (D term, default 1) are flags, and --lambda_cam 0 is the
-    StarGAN baseline. The D term is back-propagated through Grad-CAM (create_graph), so it reaches
-    D's weights by second derivatives, as WGAN-GP does.
+ 2. The loss weights are flags: --lambda_cam (G term, default 10) and --lambda_cam_d (D term,
+    default 1); these defaults are ours, not confirmed against the paper. The D term is
+    back-propagated through Grad-CAM (create_graph), so it reaches D's weights by second
+    derivatives, as WGAN-GP does.
  3. One D update per iteration, G every --n_critic iterations (StarGAN). On G iterations G translates
     once: the translation is detached for the D update and reused for the G update (StarGAN
     translates twice with the same weights); real and fake images go through D in one call.
@@ -54,7 +56,8 @@ import common
 
 SCRIPT = "camconsistency"
 ARCH_FLAGS = ("img_size", "attrs", "conv_dim", "n_res", "d_conv_dim", "d_layers", "cam_layer")
-TOY_PRESET = dict(img_size=64, conv_dim=16, n_res=3, d_conv_dim=16, d_layers=5, batch_size=16, iters=3000, lr=2e-4, sample_every=500, save_every=1000, log_every=50, workers=1)
+TOY_PRESET = dict(img_size=64, conv_dim=16, n_res=3, d_conv_dim=16, d_layers=5, batch_size=16, iters=3000, lr=2e-4,
+                  sample_every=500, save_every=1000, log_every=50, workers=1)
 
 # =============================================================================================
 # Networks (StarGAN)
@@ -81,8 +84,9 @@ def default_cam_layer(img_size, d_layers):
 def check_args(args):
     """Exit 2 on sizes the networks cannot take."""
     if args.img_size % 2 ** args.d_layers or args.img_size < 2 ** args.d_layers:
-        raise common.UserError(f"--img_size {args.img_size} does not work with --d_layers {args.d_layers}: D halves the "
-                               f"image {args.d_layers} times, so the size must be a multiple of {2 ** args.d_layers}.")
+        raise common.UserError(f"--img_size {args.img_size} does not work with --d_layers {args.d_layers}: D halves "
+                               f"the image {args.d_layers} times, so the size must be a multiple of "
+                               f"{2 ** args.d_layers}.")
     if args.cam_layer is None:
         args.cam_layer = default_cam_layer(args.img_size, args.d_layers)
     if not 1 <= args.cam_layer <= args.d_layers:
@@ -90,12 +94,13 @@ def check_args(args):
 
 
 def build_networks(args, attrs):
+    """StarGAN's G and D (D with an attribute classifier over the c_dim label columns)."""
     return {"gen": Generator(attrs.c_dim, args.conv_dim, args.n_res),
             "disc": common.StarDiscriminator(args.img_size, args.d_conv_dim, attrs.c_dim, args.d_layers)}
 
 
 # =============================================================================================
-# Grad-CAM and the losses
+# Grad-CAM and the CAM-consistency losses
 # =============================================================================================
 
 
@@ -126,134 +131,229 @@ def cam_consistency_d(cam, real, fake):
     return ((1 - cam) * (real - fake).detach().abs().float().mean(dim=1, keepdim=True)).mean()
 
 
-def wgan_critic(src_real, src_fake):
-    """E[D_src(G(x, c))] - E[D_src(x)] (StarGAN's adversarial loss for D, WGAN form)."""
-    return src_fake.float().mean() - src_real.float().mean()
-
-
 # =============================================================================================
-# The training step
+# The training step: a D update every iteration, a G update every n_critic
 # =============================================================================================
 
 
-def make_train_step(args, attrs, nets, run, opt_g, opt_d, batches, device, dist_):
-    """Returns step(it) -> losses: a D update every iteration, a G update every n_critic."""
-    gen, disc = run["gen"], run["disc"]
+def train_step(args, attrs, nets, opt_g, opt_d, real, labels, step, dist_):
+    """One iteration on a batch of images and their labels; returns the detached losses (the G terms
+    on G iterations only)."""
+    gen, disc = nets["gen"], nets["disc"]
+    n = real.shape[0]
+    # target labels: the batch's labels in a random order (StarGAN)
+    target = labels[torch.randperm(n, device=real.device)]
+    c_org, c_trg = attrs.vector(labels), attrs.vector(target)
+    # Grad-CAM score weights: +1 on the logits of gained attribute values, -1 on lost ones
+    score_weights = c_trg - c_org
+    update_g = step % args.n_critic == 0
+    zero = torch.zeros((), device=real.device)
+
+    # ---------------- Discriminator update ----------------
+    with common.autocast(args, real.device):
+        with torch.set_grad_enabled(update_g):  # on G iterations the translation is reused below
+            fake = gen(real, c_trg)
+        src, cls, feature = disc(torch.cat([real, fake.detach()]), feature_layer=args.cam_layer)
+        # L_adv^D = E[D_src(G(x, c))] - E[D_src(x)] (StarGAN Eq. 1, WGAN form) ...
+        d_adv = src[n:].float().mean() - src[:n].float().mean()
+        # ... + lambda_gp E[(||grad D_src(x^)||_2 - 1)^2] (WGAN-GP)
+        d_gp = common.gradient_penalty(disc, real, fake)
+        # L_cls^r = E[-log D_cls(c_org | x)] (StarGAN Eq. 2): D classifies real images by their own labels
+        d_cls = common.attribute_classification_loss(attrs, cls[:n], labels)
+        d_cam = zero
+        if args.lambda_cam > 0:
+            # L_cam^D = mean((1 - M) * sg[|x - y|]): D's Grad-CAM on y must cover what G changed (D term)
+            cam = upsample(grad_cam(cls[n:], feature, score_weights, create_graph=True)[n:], args.img_size)
+            d_cam = cam_consistency_d(cam, real, fake)
+        d_loss = d_adv + args.lambda_gp * d_gp + args.lambda_cls * d_cls + args.lambda_cam_d * d_cam
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    dist_.average_gradients([disc])
+    opt_d.step()
+    losses = {"d_adv": d_adv, "d_gp": d_gp, "d_cls": d_cls, "d_cam": d_cam}
+
+    # ---------------- Generator update (every n_critic iterations) ----------------
+    if update_g:
+        disc.requires_grad_(False)
+        with common.autocast(args, real.device):
+            rec = gen(fake, c_org)
+            src, cls, feature = disc(fake, feature_layer=args.cam_layer)
+            # L_adv^G = -E[D_src(G(x, c))] (StarGAN Eq. 1, WGAN-GP, generator side)
+            g_adv = -src.float().mean()
+            # L_cls^f = E[-log D_cls(c | G(x, c))] (StarGAN Eq. 3): the translation has the target labels
+            g_cls = common.attribute_classification_loss(attrs, cls, target)
+            # L_rec = E |x - G(G(x, c), c_org)|_1 (StarGAN Eq. 4, cycle reconstruction)
+            g_rec = (real - rec).abs().float().mean()
+            g_cam = zero
+            if args.lambda_cam > 0:
+                # L_cam^G = mean((1 - sg[M]) * |x - y|): leave alone what D does not attribute to the change (G term)
+                cam = upsample(grad_cam(cls, feature, score_weights, create_graph=False), args.img_size)
+                g_cam = cam_consistency_g(cam, real, fake)
+            g_loss = g_adv + args.lambda_cls * g_cls + args.lambda_rec * g_rec + args.lambda_cam * g_cam
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        dist_.average_gradients([gen])
+        opt_g.step()
+        disc.requires_grad_(True)
+        losses.update(g_adv=g_adv, g_cls=g_cls, g_rec=g_rec, g_cam=g_cam)
+    return {k: v.detach() for k, v in losses.items()}
+
+
+# =============================================================================================
+# The training loop
+# =============================================================================================
+
+
+def train(args, attrs, train_set, dist_, device, nets):
+    """--phase train (and bench): optimizers, data, resume, then the loop."""
+    opt_g = common.adam(nets["gen"].parameters(), args.lr, (0.5, 0.999), device)
+    opt_d = common.adam(nets["disc"].parameters(), args.lr, (0.5, 0.999), device)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    start_step, extra = 0, {}
+    if args.phase == "train":
+        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.resume:
+        ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+        start_step, extra = ckpt["step"], ckpt["extra"]
+    dist_.broadcast(nets.values())
+    batches = common.train_batches(train_set, args, device, dist_, start_step, labels=True)
+    if args.resume:  # after the data stream, which draws its seed from the global RNG
+        common.set_rng_state(ckpt["rng"])
+
+    if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
+        bench = common.Bench(args, device)
+        for step in bench.steps():
+            losses = train_step(args, attrs, nets, opt_g, opt_d, *next(batches), step, dist_)
+        bench.report(losses)
+        return
+
+    fixed = [train_set[i] for i in range(8)]
+    sample_x = torch.stack([f["image"] for f in fixed]).to(device)
+    sample_labels = torch.stack([f["labels"] for f in fixed]).to(device)
     decay_start = args.iters - (args.iters // 2 if args.iters_decay is None else args.iters_decay)
-    zero = torch.zeros((), device=device)
-    # G's losses of its last update, logged on every iteration (the log averages over iterations)
-    last_g = dict.fromkeys(("g_adv", "g_cls", "g_rec", "g_cam"), zero)
-
-    def step(it):
-        lr = common.linear_decay(it, args.lr, args.iters, decay_start)
+    last_step = min(args.iters, args.stop_at or args.iters)
+    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    for step in range(start_step + 1, last_step + 1):
+        lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
         real, labels = next(batches)
-        n = real.shape[0]
-        # target labels: the batch's labels in a random order (StarGAN)
-        target = labels[torch.randperm(n, device=device)]
-        c_org, c_trg = attrs.vector(labels), attrs.vector(target)
-        # Grad-CAM score weights: +1 on the logits of gained attribute values, -1 on lost ones
-        score_weights = c_trg - c_org
-        update_g = it % args.n_critic == 0
-
-        # ---------------- Discriminator update ----------------
-        with common.autocast(args, device):
-            with torch.set_grad_enabled(update_g):  # on G iterations the translation is reused below
-                fake = gen(real, c_trg)
-            src, cls, feature = disc(torch.cat([real, fake.detach()]), feature_layer=args.cam_layer)
-            # L_adv^D = E[D_src(G(x, c))] - E[D_src(x)] + lambda_gp E[(||grad D_src(x^)||_2 - 1)^2] (StarGAN Eq. 1, WGAN-GP)
-            d_adv = wgan_critic(src[:n], src[n:])
-            d_gp = common.gradient_penalty(disc, real, fake)
-            # L_cls^r = E[-log D_cls(c_org | x)] (StarGAN Eq. 2): D classifies real images by their own labels
-            d_cls = common.attribute_classification_loss(attrs, cls[:n], labels)
-            d_cam = zero
-            if args.lambda_cam > 0:
-                # L_cam^D = mean((1 - M) * sg[|x - y|]): D's Grad-CAM on y must cover what G changed (CAM-consistency, D term)
-                cam = upsample(grad_cam(cls[n:], feature, score_weights, create_graph=True)[n:], args.img_size)
-                d_cam = cam_consistency_d(cam, real, fake)
-            d_loss = d_adv + args.lambda_gp * d_gp + args.lambda_cls * d_cls + args.lambda_cam_d * d_cam
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        dist_.average_gradients([nets["disc"]])
-        opt_d.step()
-        losses = {"d_adv": d_adv, "d_gp": d_gp, "d_cls": d_cls, "d_cam": d_cam}
-
-        # ---------------- Generator update (every n_critic iterations) ----------------
-        if update_g:
-            nets["disc"].requires_grad_(False)
-            with common.autocast(args, device):
-                rec = gen(fake, c_org)
-                src, cls, feature = disc(fake, feature_layer=args.cam_layer)
-                # L_adv^G = -E[D_src(G(x, c))] (StarGAN Eq. 1, WGAN-GP, generator side)
-                g_adv = -src.float().mean()
-                # L_cls^f = E[-log D_cls(c | G(x, c))] (StarGAN Eq. 3): the translation has the target labels
-                g_cls = common.attribute_classification_loss(attrs, cls, target)
-                # L_rec = E |x - G(G(x, c), c_org)|_1 (StarGAN Eq. 4, cycle reconstruction)
-                g_rec = (real - rec).abs().float().mean()
-                g_cam = zero
-                if args.lambda_cam > 0:
-                    # L_cam^G = mean((1 - sg[M]) * |x - y|): leave alone what D does not attribute to the change (CAM-consistency, G term)
-                    cam = upsample(grad_cam(cls, feature, score_weights, create_graph=False), args.img_size)
-                    g_cam = cam_consistency_g(cam, real, fake)
-                g_loss = g_adv + args.lambda_cls * g_cls + args.lambda_rec * g_rec + args.lambda_cam * g_cam
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            dist_.average_gradients([nets["gen"]])
-            opt_g.step()
-            nets["disc"].requires_grad_(True)
-            last_g.update(g_adv=g_adv.detach(), g_cls=g_cls.detach(), g_rec=g_rec.detach(), g_cam=g_cam.detach())
-        return {**{k: v.detach() for k, v in losses.items()}, **last_g, "lr": lr}
-
-    return step
+        losses = train_step(args, attrs, nets, opt_g, opt_d, real, labels, step, dist_)
+        log.add(losses)
+        save = step == last_step or (args.save_every and step % args.save_every == 0)
+        if step % args.log_every == 0 or save:
+            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+        if dist_.main and args.sample_every and step % args.sample_every == 0:
+            path = os.path.join(args.out, "samples", f"step_{step:07d}.png")
+            sample_grid(args, attrs, nets, path, sample_x, sample_labels)
+        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        if save or interrupted:
+            log.write(step, lr)
+            if dist_.main:
+                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, {"elapsed": log.seconds()})
+            log.last_saved = step
+        if interrupted:
+            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+    log.close()
+    ctrl_c.close()
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
+              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
 
 
 # =============================================================================================
-# Phases
+# Sampling, test and eval
 # =============================================================================================
 
 
-def manipulate(args, attrs, run, x, labels, target):
+def manipulate(args, attrs, nets, x, labels, target):
     """(G(x, c_trg), Grad-CAM of the changed attributes on it) in eval mode; only the map takes a gradient."""
     with torch.no_grad():
-        out = run["gen"](x, attrs.vector(target)).float()
+        out = nets["gen"](x, attrs.vector(target)).float()
     with torch.enable_grad():
-        _, cls, feature = run["disc"](out.clone().requires_grad_(True), feature_layer=args.cam_layer)
+        _, cls, feature = nets["disc"](out.clone().requires_grad_(True), feature_layer=args.cam_layer)
         cam = grad_cam(cls, feature, attrs.vector(target) - attrs.vector(labels), create_graph=False)
     return out, upsample(cam.detach(), x.shape[-1])
 
 
-@torch.no_grad()
-def predict_labels(attrs, run, x):
-    """Labels of new images (--input) from D's classifier."""
-    return attrs.labels_from_logits(run["disc"](x)[1].float())
-
-
-def sample_grid(args, attrs, nets, run, path, real, labels):
+def sample_grid(args, attrs, nets, path, real, labels):
     """Per row: the input, then per manipulation (every value of every manipulated attribute) the
     Grad-CAM of the changed attributes over the output, and the output."""
     for net in nets.values():
         net.eval()
     columns = [real]
     for _, target in attrs.grid_targets(labels):
-        out, cam = manipulate(args, attrs, run, real, labels, target)
+        out, cam = manipulate(args, attrs, nets, real, labels, target)
         columns += [common.heat_overlay(cam, out), out]
     common.save_grid(path, columns)
     for net in nets.values():
         net.train()
 
 
+def test(args, attrs, nets, device):
+    """--phase test: <out>/test/<name>_<attribute>=<value>.png and its Grad-CAM map for every single
+    change of the test images, or the --target manipulations applied one after the other; --input
+    images get their labels from D's classifier."""
+    folder = os.path.join(args.out, "test")
+    targets = attrs.parse_target(args.target) if args.target else None
+    if args.input:
+        batch = common.input_images(args)
+        with torch.no_grad():
+            batch["labels"] = attrs.labels_from_logits(nets["disc"](batch["image"].to(device))[1].float())
+        batches = [batch]
+    else:
+        batches = common.test_batches(common.attribute_data(args, "test")[1], args)
+    count = 0
+    for batch in batches:
+        x, labels = batch["image"].to(device), batch["labels"].to(device)
+        if targets:  # --target: the manipulations one after the other
+            out, current = x, labels
+            for group, value in targets:
+                target = attrs.set_value(current, group, value)
+                out, cam = manipulate(args, attrs, nets, out, current, target)
+                current = target
+            tag = "_".join(attrs.describe(g, v) for g, v in targets)
+            common.save_pictures(folder, [f"{name}_{tag}" for name in batch["name"]], out, cam)
+            count += len(x)
+            continue
+        for group, value, target, valid in attrs.changes(labels):  # every single change of the image's values
+            if valid.any():
+                out, cam = manipulate(args, attrs, nets, x[valid], labels[valid], target[valid])
+                names = [f"{name}_{attrs.describe(group, value)}"
+                         for name, keep in zip(batch["name"], valid.tolist()) if keep]
+                common.save_pictures(folder, names, out, cam)
+                count += len(names)
+    print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
+
+
+def evaluate(args, attrs, nets, device):
+    """--phase eval: the attribute metrics of SPEC section 3 for every single change of the test
+    split -> <out>/metrics.json."""
+    _, test_set = common.attribute_data(args, "test")
+    metrics = common.AttributeMetrics(args, attrs, test_set, device)
+    for batch in common.test_batches(test_set, args):
+        x, labels = batch["image"].to(device), batch["labels"].to(device)
+        for group, value, target, valid in attrs.changes(labels):
+            if valid.any():
+                keep = valid.to(device)
+                out, cam = manipulate(args, attrs, nets, x[keep], labels[keep], target[keep])
+                metrics.add(batch, keep, group, value, target, out, cam)
+    common.write_metrics(args.out, metrics.summary())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="StarGAN with the CAM-consistency loss (Kim et al., CVPR 2021); --lambda_cam 0 is plain StarGAN.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Defaults are StarGAN's (CelebA, 128 px). On the toy dataset (the default --data toy-attr) flags not given "
-               "on the command line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
+        epilog="Defaults are StarGAN's (CelebA, 128 px). On the toy dataset (the default --data toy-attr) flags not "
+               "given on the command line come from the toy preset: "
+               + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
     common.add_common_flags(parser, SCRIPT, data="toy-attr")
     common.add_attribute_flags(parser)
     add = parser.add_argument
     parser.set_defaults(img_size=128, batch_size=16, iters=200_000, lr=1e-4)
-    add("--iters_decay", type=int, default=None, help="last iterations over which the lr decays linearly to 0 (default: "
-        "half of --iters, StarGAN's 100,000 of 200,000)")
+    add("--iters_decay", type=int, default=None, help="last iterations over which the lr decays linearly to 0 "
+        "(default: half of --iters, StarGAN's 100,000 of 200,000)")
     add("--conv_dim", type=int, default=64, help="G base channels")
     add("--n_res", type=int, default=6, help="residual blocks in G")
     add("--d_conv_dim", type=int, default=64, help="D base channels")
@@ -262,47 +362,31 @@ def main(argv=None):
     add("--lambda_cls", type=float, default=1.0, help="attribute classification weight")
     add("--lambda_rec", type=float, default=10.0, help="reconstruction (cycle) weight")
     add("--lambda_gp", type=float, default=10.0, help="gradient penalty weight")
-    add("--lambda_cam", type=float, default=10.0, help="CAM-consistency weight of the G term; 0 turns both terms off (plain StarGAN)")
+    add("--lambda_cam", type=float, default=10.0,
+        help="CAM-consistency weight of the G term; 0 turns both terms off (plain StarGAN)")
     add("--lambda_cam_d", type=float, default=1.0, help="CAM-consistency weight of the D term")
-    add("--cam_layer", type=int, default=None, help="D block whose feature map Grad-CAM uses (default: the deepest with >= 8x8 cells)")
+    add("--cam_layer", type=int, default=None,
+        help="D block whose feature map Grad-CAM uses (default: the deepest with >= 8x8 cells)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
     check_args(args)
     attrs, train_set = common.attribute_data(args, "train")
-    dist_, device, nets, run = common.start_run(args, lambda a: build_networks(a, attrs))
-    run["disc"] = nets["disc"]  # WGAN-GP and the D term differentiate through D twice, which torch.compile cannot
-    manip = lambda x, labels, target, group: manipulate(args, attrs, run, x, labels, target)  # noqa: E731
 
+    dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args, attrs)
+    for net in nets.values():
+        common.to_device(net, device)
+    if args.compile:  # G only: WGAN-GP and the D term differentiate through D twice (deviation 7)
+        nets["gen"].compile()
     if args.phase in ("test", "eval"):
         common.load_checkpoint(args.ckpt, SCRIPT, nets)
         for net in nets.values():
             net.eval()
-        if args.phase == "test":
-            common.attribute_test(args, attrs, manip, lambda x: predict_labels(attrs, run, x), device)
-        else:
-            common.attribute_eval(args, attrs, manip, device)
-        return
-
-    opt_g = common.adam(nets["gen"].parameters(), args.lr, (0.5, 0.999), device)
-    opt_d = common.adam(nets["disc"].parameters(), args.lr, (0.5, 0.999), device)
-    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    start_step, elapsed, _, batches = common.begin_training(args, SCRIPT, dist_, device, nets, optimizers, train_set,
-                                                            labels=True)
-    step = make_train_step(args, attrs, nets, run, opt_g, opt_d, batches, device, dist_)
-    if args.phase == "bench":
-        common.bench(args, device, step, (batches,))
-        return
-
-    fixed = [train_set[i] for i in range(8)]
-    sample_x = torch.stack([f["image"] for f in fixed]).to(device)
-    sample_labels = torch.stack([f["labels"] for f in fixed]).to(device)
-
-    def save(it, seconds):
-        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, {"elapsed": seconds})
-
-    def sample(it):
-        sample_grid(args, attrs, nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_x, sample_labels)
-
-    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
+        (test if args.phase == "test" else evaluate)(args, attrs, nets, device)
+    else:
+        train(args, attrs, train_set, dist_, device, nets)
+    dist_.close()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,19 @@
-"""Shared parts of the five paper scripts, and nothing paper-specific.
+"""Plumbing shared by the five paper scripts; a reader of a paper can skip this file.
 
-Sections, in order: errors and the command line; seeding, device and speed; distributed
-(torchrun) helpers; data (unpaired folders, --download, the embedded toy datasets and their
-judge); building blocks shared by several papers; checkpoint; pictures; the training loop;
-metrics; the two-domain test and eval phases used by ugatit.py, attentiongan.py and uag.py.
+Everything a paper is about (its networks, losses, training step and loop, pictures) is in its own
+script. This module offers nouns the scripts use, never a control flow that calls back into them:
+
+ 1. Flags ............ UserError, cli, add_common_flags, add_attribute_flags, parse_args (presets)
+ 2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
+ 3. Data ............. image folders (ImageFiles, InfiniteSampler, train_batches, test_batches,
+                       input_images, download_dataset), attribute data (AttributeSet, CelebA,
+                       labels.csv), the embedded toy datasets (toy_render, ToyDataset)
+ 4. Shared blocks .... ResnetBlock, PatchGAN, lsgan, ImagePool, the StarGAN generator body and
+                       discriminator, gradient_penalty, attribute_classification_loss
+ 5. Checkpoint, log .. save_checkpoint, load_checkpoint, prepare_out, RunLog, CtrlC, Bench
+ 6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
+ 7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
+                       TranslationMetrics, AttributeMetrics, write_metrics
 """
 import argparse
 import colorsys
@@ -13,7 +23,6 @@ import json
 import math
 import os
 import random
-import resource
 import signal
 import sys
 import time
@@ -24,7 +33,6 @@ import zipfile
 
 import numpy as np
 import torch
-import torch.utils._python_dispatch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,10 +41,8 @@ from PIL import Image
 from torchvision.models import inception as tv_inception
 from tqdm import tqdm
 
-CKPT_VERSION = 1
-
 # =============================================================================================
-# Errors and the command line
+# 1. Flags
 # =============================================================================================
 
 
@@ -44,30 +50,44 @@ class UserError(Exception):
     """Bad input from the user: printed as one paragraph, exit code 2, no traceback."""
 
 
+class Diverged(Exception):
+    """A loss became NaN or Inf: training stops with exit code 1 and keeps its last checkpoint."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, after the checkpoint was saved: exit code 130."""
+
+
 def cli(main):
-    """Run `main()`; a UserError becomes a one-paragraph message on stderr and exit code 2."""
+    """Run `main()`, turning the three exceptions above into a message on stderr and an exit code."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as e:
+        print(f"\ninterrupted: {e}", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_common_flags(parser, script, extra_phases=(), data="toy"):
     """The flags every script has (SPEC section 1). Paper flags are added by the script."""
     add = parser.add_argument
-    add("--data", default=data, help="toy dataset (toy, toy-shape, toy-attr), a dataset name under --data_root, or a path")
+    add("--data", default=data,
+        help="toy dataset (toy, toy-shape, toy-attr), a dataset name under --data_root, or a path")
     add("--data_root", default="dataset", help="folder holding datasets (and the cached toy judge)")
     add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
     add("--img_size", type=int, default=256, help="image side in pixels")
     add("--batch_size", type=int, default=1, help="images per domain per step (per process under torchrun)")
     add("--iters", type=int, default=1_000_000, help="training iterations")
     add("--lr", type=float, default=1e-4, help="initial learning rate")
-    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto picks cuda, then mps, then cpu")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+        help="auto picks cuda, then mps, then cpu")
     add("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     add("--compile", action="store_true", help="torch.compile the networks")
-    add("--profile", action="store_true", help="bench: also print the operators that took the most time in the "
-        "timed steps (torch.profiler)")
     add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
     add("--out", default=None, help=f"output folder (default results/{script}_<data>)")
     add("--resume", action="store_true", help="continue training from <out>/ckpt.pt (or --ckpt)")
@@ -76,17 +96,26 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--sample_every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
     add("--save_every", type=int, default=10_000, help="write the checkpoint every N steps (and at the end)")
     add("--log_every", type=int, default=100, help="average the losses into log.csv every N steps")
-    add("--stop_at", type=int, default=None, help="end this invocation at step N with a checkpoint (for time-limited jobs); "
-        "--resume continues to --iters")
+    add("--stop_at", type=int, default=None,
+        help="end this invocation at step N with a checkpoint (for time-limited jobs); --resume continues to --iters")
     add("--download", nargs="?", const="", default=None, metavar="NAME",
         help="download a CycleGAN dataset (default: --data) into --data_root first")
     add("--input", default=None, help="test phase: translate this image file or folder instead of the test split")
     add("--inception_weights", default=None, help="eval: path of pt_inception-2015-12-05-6726825d.pth (FID Inception)")
 
 
+def add_attribute_flags(parser):
+    """--attrs and --target, for amgan.py and camconsistency.py."""
+    add = parser.add_argument
+    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
+        f"CelebA {','.join(CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
+    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
+        "(default: every value of every manipulated attribute)")
+
+
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
 PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input",
-                  "amp", "compile", "profile", "inception_weights"}
+                  "amp", "compile", "inception_weights"}
 
 
 def _given_flags(parser, argv):
@@ -116,7 +145,8 @@ def parse_args(parser, argv, script, presets, arch_flags):
     if args.download is not None:
         if args.download:
             if "data" in given and args.data != args.download:
-                raise UserError(f"--download {args.download} and --data {args.data} name different datasets; give one.")
+                raise UserError(f"--download {args.download} and --data {args.data} name different datasets; "
+                                f"give one.")
             args.data = args.download
         download_dataset(args.data, args.data_root)
     data_name = args.data if args.data in TOY_NAMES else os.path.basename(os.path.normpath(args.data))
@@ -143,7 +173,7 @@ def parse_args(parser, argv, script, presets, arch_flags):
 
 
 # =============================================================================================
-# Seeding, device, speed
+# 2. Device, seed, precision, schedule, torchrun
 # =============================================================================================
 
 
@@ -159,7 +189,8 @@ def pick_device(args, local_rank=0):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU. Use --device cpu or auto.")
+        raise UserError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU. "
+                        "Use --device cpu or auto.")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was asked for, but MPS is not available here. Use --device cpu or auto.")
     device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
@@ -188,15 +219,10 @@ def to_device(module, device):
 
 
 def adam(params, lr, betas, device, weight_decay=0.0):
-    """Adam: fused on CUDA, multi-tensor (foreach) elsewhere, which is ~10% faster per step on CPU."""
+    """Adam: fused on CUDA, multi-tensor (foreach) elsewhere."""
     cuda = device.type == "cuda"
     return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=cuda or None,
                             foreach=None if cuda else True)
-
-
-def maybe_compile(module, args):
-    """torch.compile under --compile; the original module is kept for checkpoints."""
-    return torch.compile(module) if args.compile else module
 
 
 def set_lr(optimizers, lr):
@@ -221,30 +247,31 @@ def epochs_to_iters(args, n_images, epochs, dist_):
 
 
 def peak_memory_mb(device):
-    """CUDA max allocated, or the process's peak RSS on CPU."""
+    """CUDA max allocated, or the process's peak resident memory on CPU (Unix; 0 elsewhere)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return 0.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# =============================================================================================
-# Distributed (torchrun): data-parallel by gradient all-reduce, rank 0 writes
-# =============================================================================================
-
-
 class Dist:
-    """rank / world size of this process; world 1 without torchrun."""
+    """torchrun's data parallelism: rank and world size of this process (world 1 without torchrun),
+    gradients averaged over ranks, rank 0 writes the files."""
 
-    def __init__(self, device_type):
+    def __init__(self, device_flag):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
         # NCCL reduces CUDA tensors only: the small control tensors live on this rank's GPU
-        self.device = torch.device(f"cuda:{self.local_rank}" if device_type == "cuda" else "cpu")
+        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
         if self.world > 1 and not dist.is_initialized():
-            if device_type == "cuda":
+            if cuda:
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if cuda else "gloo")
 
     @property
     def main(self):
@@ -280,7 +307,7 @@ class Dist:
         return bool(t.item())
 
     def check_replicas(self, modules):
-        """Assert that all ranks hold the same weights; prints one line on rank 0."""
+        """Check that all ranks hold the same weights; prints one line on rank 0."""
         if self.world == 1:
             return True
         fp = torch.tensor([sum(p.detach().double().sum().item() for m in modules for p in m.parameters())],
@@ -296,9 +323,8 @@ class Dist:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
-
 # =============================================================================================
-# Data: unpaired image folders (CycleGAN / U-GAT-IT layout)
+# 3. Data: unpaired image folders (CycleGAN / U-GAT-IT layout)
 # =============================================================================================
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -329,7 +355,7 @@ def pil_to_tensor(im):
 
 
 def ugatit_transform(im, size, rng):
-    """U-GAT-IT training transform: flip, resize to size+30 (square), random crop to size.
+    """U-GAT-IT's training transform: flip, resize to size+30 (square), random crop to size.
     `rng` is a random.Random seeded per sample, so data is reproducible whatever the workers."""
     if rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
@@ -410,7 +436,8 @@ class Batches:
 
 
 def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, labels=False):
-    """Endless training batches from `start_step` on; workers, pin_memory, persistent workers."""
+    """Endless training batches from `start_step` on; workers, pin_memory, persistent workers.
+    Creating it draws the DataLoader's base seed from the global torch RNG."""
     sampler = InfiniteSampler(len(dataset), args.seed + seed_offset, start_step * args.batch_size,
                               dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
@@ -473,6 +500,37 @@ def two_domain_train_sets(args):
     return unpaired_split(args, "train", "A", True), unpaired_split(args, "train", "B", True)
 
 
+def directions(args):
+    """The translations --direction asks for: (name, source domain, target domain)."""
+    d = getattr(args, "direction", "both")
+    return [("a2b", "A", "B"), ("b2a", "B", "A")] if d == "both" else [(d, d[0].upper(), d[-1].upper())]
+
+
+def test_split(args, domain):
+    """The test split of one domain: a toy split (with GT masks) or <data>/test<domain>."""
+    if args.data in TOY_NAMES:
+        return ToyDataset(args.data, "test", args.img_size, domain)
+    return unpaired_split(args, "test", domain, train=False)
+
+
+def test_batches(dataset, args, batch_size=16):
+    """A test or eval pass over `dataset`, in order: batches of dicts (image, name, masks...)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.workers)
+
+
+def input_images(args):
+    """--input: one image file or a folder of them, as one batch {'image', 'name'} at --img_size."""
+    files = [args.input] if os.path.isfile(args.input) else list_images(args.input) if os.path.isdir(
+        args.input) else None
+    if not files:
+        raise UserError(f"--input {args.input} is neither an image file nor a folder holding images "
+                        f"({', '.join(IMG_EXTS)}).")
+    root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
+    ds = ImageFiles(files, args.img_size, train=False, root=root)
+    items = [ds[i] for i in range(len(files))]
+    return {"image": torch.stack([i["image"] for i in items]), "name": [i["name"] for i in items]}
+
+
 def download_dataset(name, data_root, url=None):
     """Fetch a CycleGAN dataset zip with a progress bar and unpack it to <data_root>/<name>.
     `url` overrides the Berkeley address (tests use a file:// URL)."""
@@ -518,7 +576,257 @@ def download_dataset(name, data_root, url=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Embedded toy datasets (SPEC §2) and the toy judge (SPEC §3)
+# Attribute data (amgan.py, camconsistency.py): CelebA, labels.csv, toy-attr
+# ---------------------------------------------------------------------------------------------
+
+CELEBA_ATTR_FILE = "list_attr_celeba.txt"
+CELEBA_DEFAULT_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
+CELEBA_HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")  # StarGAN keeps one hair colour at a time
+TOY_ATTR_DEFAULT = ("color", "sleeve")  # size and bg are nuisance groups (reference matching)
+TOY_ATTR_REGIONS = {"color": "mask", "sleeve": "mask_sleeves"}  # GT region of a change of that group
+ATTR_TEST_SIZE = 2000  # test images taken from CelebA and labels.csv datasets (StarGAN, AMGAN)
+
+
+class AttributeSet:
+    """The attribute groups of a dataset, and which of them are manipulated (--attrs).
+
+    A group is categorical (values like color=red, one-hot in label vectors, cross-entropy) or
+    binary (a CelebA attribute, values "0"/"1", one column, BCE). Labels are (N, G) value indices
+    over all G groups; label vectors cover the manipulated groups only, in --attrs order."""
+
+    def __init__(self, names, values, binary, manipulated, exclusive=()):
+        self.names, self.values, self.binary = list(names), [list(v) for v in values], list(binary)
+        self.manipulated = list(manipulated)
+        self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
+
+    @property
+    def widths(self):
+        return [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
+
+    @property
+    def c_dim(self):
+        return sum(self.widths)
+
+    @property
+    def slices(self):
+        """{group: its columns in a label vector}, for the manipulated groups."""
+        ends = np.cumsum([0] + self.widths)
+        return {g: slice(int(a), int(b)) for g, a, b in zip(self.manipulated, ends[:-1], ends[1:])}
+
+    def vector(self, labels):
+        """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
+        cols = [labels[:, g:g + 1].float() if self.binary[g] else F.one_hot(labels[:, g], len(self.values[g])).float()
+                for g in self.manipulated]
+        return torch.cat(cols, dim=1)
+
+    def labels_from_logits(self, logits):
+        """(N, c_dim) classifier logits -> (N, G) labels (the manipulated groups; the others 0)."""
+        labels = torch.zeros(logits.shape[0], len(self.names), dtype=torch.long, device=logits.device)
+        for g, sl in self.slices.items():
+            labels[:, g] = (logits[:, sl.start] > 0).long() if self.binary[g] else logits[:, sl].argmax(1)
+        return labels
+
+    def set_value(self, labels, group, value):
+        """Labels with `group` set to `value` (a number, or one per image); a CelebA hair colour set to
+        1 clears the other selected hair colours."""
+        out = labels.clone()
+        out[:, group] = value
+        if self.binary[group]:
+            on = out[:, group] == 1
+            for e in self.exclusive:
+                for other in (e - {group}) if group in e else ():
+                    out[:, other] = torch.where(on, torch.zeros_like(out[:, other]), out[:, other])
+        return out
+
+    def grid_targets(self, labels):
+        """The manipulations a sample grid shows: (group, target labels) for every value of each
+        categorical group and the flip of each binary attribute."""
+        for g in self.manipulated:
+            values = [1 - labels[:, g]] if self.binary[g] else range(len(self.values[g]))
+            for v in values:
+                yield g, self.set_value(labels, g, v)
+
+    def describe(self, group, value):
+        return f"{self.names[group]}={self.values[group][value]}"
+
+    def parse_target(self, text):
+        """'color=red,sleeve=long' -> [(group, value), ...]."""
+        pairs = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, value = part.partition("=")
+            if name not in self.names or self.names.index(name) not in self.manipulated:
+                raise UserError(f"--target {part}: '{name}' is not a manipulated attribute; choose among "
+                                f"{', '.join(self.names[g] for g in self.manipulated)} (set by --attrs).")
+            g = self.names.index(name)
+            if value not in self.values[g]:
+                raise UserError(f"--target {part}: '{value}' is not a value of {name}; its values are "
+                                f"{', '.join(self.values[g])}.")
+            pairs.append((g, self.values[g].index(value)))
+        if not pairs:
+            raise UserError(f"--target {text!r} names no attribute; write e.g. "
+                            f"{self.describe(self.manipulated[0], 0)}.")
+        return pairs
+
+    def changes(self, labels):
+        """Every single-group manipulation of a batch: (group, value, target labels, valid), where
+        `valid` marks the images whose value of that group is not already `value`."""
+        for g in self.manipulated:
+            for v in range(len(self.values[g])):
+                target = self.set_value(labels, g, v)
+                yield g, v, target, (target != labels).any(1)
+
+
+def select_attributes(names, values, binary, attrs_arg, default, exclusive_names=()):
+    """An AttributeSet manipulating the comma-separated --attrs (or `default`)."""
+    chosen = [a.strip() for a in attrs_arg.split(",") if a.strip()] if attrs_arg else list(default)
+    unknown = [a for a in chosen if a not in names]
+    if unknown or not chosen:
+        raise UserError(f"--attrs: unknown attribute {', '.join(unknown) or '(none given)'}; this dataset has "
+                        f"{', '.join(names)}.")
+    manipulated = [names.index(a) for a in chosen]
+    exclusive = [[g for g in manipulated if names[g] in exclusive_names]]
+    return AttributeSet(names, values, binary, manipulated, exclusive)
+
+
+def read_celeba_attributes(path):
+    """CelebA's list_attr_celeba.txt: line 1 the image count, line 2 the 40 names, then a file name
+    and 40 values in {1, -1} per line, separated by irregular spaces.
+    Returns (names, files, labels as an (N, 40) LongTensor of 0/1)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if len(lines) < 2 or not lines[0].strip().isdigit():
+        raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
+    names = lines[1].split()
+    files, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != len(names) + 1:
+            raise UserError(f"{path}, line {number}: expected a file name and {len(names)} values, got "
+                            f"{len(parts) - 1} values.")
+        for name, v in zip(names, parts[1:]):
+            if v not in ("1", "-1"):
+                raise UserError(f"{path}, line {number}: value {v!r} of {name} is not 1 or -1.")
+        files.append(parts[0])
+        rows.append([v == "1" for v in parts[1:]])
+    if int(lines[0]) != len(files):
+        raise UserError(f"{path}, line 1: says {int(lines[0])} images, but the file lists {len(files)}.")
+    return names, files, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
+
+
+def read_labels_csv(path):
+    """The generic categorical table: header 'filename,<attribute>,...', one value name per cell.
+    Returns (names, values per group (sorted), files, labels as an (N, G) LongTensor)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or header[0].strip() != "filename" or len(header) < 2:
+            raise UserError(f"{path}, line 1: expected the header 'filename,<attribute>,<attribute>,...', got "
+                            f"{','.join(header or [])!r}.")
+        names = [h.strip() for h in header[1:]]
+        if len(set(names)) != len(names) or not all(names):
+            raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
+        files, cells = [], []
+        for row in reader:
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
+                                f"(filename and {len(names)} attributes), got {len(row)}.")
+            row = [c.strip() for c in row]
+            empty = [names[k] for k, c in enumerate(row[1:]) if not c]
+            if not row[0] or empty:
+                raise UserError(f"{path}, line {reader.line_num}: empty cell "
+                                f"({'filename' if not row[0] else empty[0]}).")
+            files.append(row[0])
+            cells.append(row[1:])
+    if not files:
+        raise UserError(f"{path} lists no images.")
+    values = [sorted({r[k] for r in cells}) for k in range(len(names))]
+    index = [{v: i for i, v in enumerate(vs)} for vs in values]
+    labels = torch.tensor([[index[k][c] for k, c in enumerate(r)] for r in cells], dtype=torch.long)
+    return names, values, files, labels
+
+
+def celeba_transform(im, size, rng):
+    """StarGAN's CelebA preprocessing: flip (train), CenterCrop(178), Resize(size)."""
+    if rng is not None and rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    w, h = im.size
+    left, top = round((w - 178) / 2), round((h - 178) / 2)
+    return im.crop((left, top, left + 178, top + 178)).resize((size, size), Image.BILINEAR)
+
+
+def flip_resize_transform(im, size, rng):
+    """labels.csv data (AMGAN): flip (train), resize to size x size."""
+    if rng is not None and rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    return im.resize((size, size), Image.BILINEAR)
+
+
+class ToyAttr(torch.utils.data.Dataset):
+    """toy-attr as attribute data: toy_render's items (image, labels, masks) with a name."""
+
+    def __init__(self, split, size):
+        self.toy = ToyDataset("toy-attr", split, size)
+        self.labels = toy_attr_labels(split)
+
+    def __len__(self):
+        return len(self.toy)
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item
+        return {**self.toy[index], "name": f"{index:05d}", "skipped": 0}
+
+
+def _attribute_layout_help(root):
+    return (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
+            f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
+            f"{root}/images/; the README says how to convert DeepFashion and Shopping100k). Or run on the embedded "
+            f"toy dataset: --data toy-attr.")
+
+
+def _split_indices(n, test_size):
+    """StarGAN's split: shuffle with random.seed(1234), the first `test_size` are the test split."""
+    order = list(range(n))
+    random.Random(1234).shuffle(order)
+    return {"test": order[:test_size], "train": order[test_size:]}
+
+
+def attribute_data(args, split):
+    """(AttributeSet, dataset of one split) for --data toy-attr, a CelebA folder or a labels.csv
+    folder. Items: image, labels (G,) and name (toy-attr adds the masks mask, mask_torso, mask_sleeves)."""
+    if args.data in TOY_NAMES:
+        if args.data != "toy-attr":
+            raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
+        attrs = select_attributes(list(TOY_ATTRS), list(TOY_ATTRS.values()), [False] * len(TOY_ATTRS), args.attrs,
+                                  TOY_ATTR_DEFAULT)
+        return attrs, ToyAttr(split, args.img_size)
+    root = dataset_dir(args)
+    if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
+        names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
+        attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
+                                  CELEBA_DEFAULT_ATTRS, exclusive_names=CELEBA_HAIR)
+        folder, transform, test_size = os.path.join(root, "img_align_celeba"), celeba_transform, ATTR_TEST_SIZE
+    elif os.path.isfile(os.path.join(root, "labels.csv")):
+        names, values, files, labels = read_labels_csv(os.path.join(root, "labels.csv"))
+        attrs = select_attributes(names, values, [False] * len(names), args.attrs, names)
+        folder, transform = os.path.join(root, "images"), flip_resize_transform
+        test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
+    else:
+        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {_attribute_layout_help(root)}")
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder} does not exist: the images of {root} go there. {_attribute_layout_help(root)}")
+    keep = _split_indices(len(files), test_size)[split]
+    if not keep:
+        raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
+    paths = [os.path.join(folder, files[i]) for i in keep]
+    return attrs, ImageFiles(paths, args.img_size, split == "train", root=folder, labels=labels[keep],
+                             transform=transform)
+
+# ---------------------------------------------------------------------------------------------
+# The embedded toy datasets (SPEC section 2)
 #
 # Three procedural datasets, deterministic by seed, any image size S >= 16, no files. Every sample
 # comes with its ground-truth masks, which is what makes attention measurable on toy data.
@@ -745,7 +1053,7 @@ def toy_render(name, split, index, size, domain=None, seed=0):
 
 class ToyDataset(torch.utils.data.Dataset):
     """One split (and, for toy/toy-shape, one domain) of a toy dataset, rendered on the fly.
-    Items are toy_render's dicts without the background."""
+    Items are toy_render's dicts without the background, with a name (the index, 5 digits)."""
 
     def __init__(self, name, split, size, domain=None, seed=0):
         _toy_check(name, split, size, domain)
@@ -759,392 +1067,10 @@ class ToyDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         item = toy_render(self.name, self.split, i, self.size, self.domain, self.seed)
         del item["background"]
-        return item
-
-
-class ToyJudge(nn.Module):
-    """Small CNN that classifies toy images: the domain (A=0, B=1) for toy/toy-shape, one head per
-    attribute group for toy-attr. Its 64-d pooled features are the feature space of toy-KID."""
-
-    def __init__(self, name):
-        super().__init__()
-        if name not in TOY_NAMES:
-            raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_NAMES}")
-        self.head_sizes = tuple(len(v) for v in TOY_ATTRS.values()) if name == "toy-attr" else (2,)
-        # Four blocks conv3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool (S -> S/16). Stride-1
-        # convolutions with max-pooling see the thin sleeves and the disc/square corners far more
-        # easily than strided ones, and BatchNorm makes training take a few hundred steps.
-        layers, channels = [], [3, 16, 32, 64, 64]
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
-        self.body = nn.Sequential(*layers)
-        self.heads = nn.ModuleList(nn.Linear(64, k) for k in self.head_sizes)
-
-    def features(self, x):
-        """(N, 3, S, S) in [-1, 1] -> (N, 64) pooled features, L2-normalised to norm sqrt(64): KID's
-        kernel (x.y/d + 1)^3 then stays in [0, 8] even for images far from the training data."""
-        return F.normalize(self.body(x).mean(dim=(2, 3)), dim=1) * 8.0
-
-    def forward(self, x):
-        """-> a list of logits tensors, one per head (on the unnormalised pooled features)."""
-        feats = self.body(x).mean(dim=(2, 3))
-        return [head(feats) for head in self.heads]
-
-
-# Training steps (batch 64) that reach >= 98% test accuracy at 64 px and >= 95% at 32 px.
-_TOY_JUDGE_STEPS = {"toy": 200, "toy-shape": 300, "toy-attr": 500}
-
-
-def _toy_judge_data(name, split, size, seed):
-    """The whole split as tensors: images (N, 3, S, S) and targets (N, heads)."""
-    if name == "toy-attr":
-        items = [toy_render(name, split, i, size, None, seed) for i in range(TOY_SPLIT_SIZES[split])]
-        targets = torch.stack([item["labels"] for item in items])
-    else:
-        items = [toy_render(name, split, i, size, domain, seed)
-                 for domain in "AB" for i in range(TOY_SPLIT_SIZES[split])]
-        targets = torch.arange(2).repeat_interleave(TOY_SPLIT_SIZES[split])[:, None]
-    return torch.stack([item["image"] for item in items]), targets
-
-
-def _toy_augment(x, name, gen):
-    """Random flips, light blur, brightness jitter and noise, so that the judge also reads
-    slightly imperfect generated images."""
-    n = x.shape[0]
-    coin = lambda p: (torch.rand(n, 1, 1, 1, generator=gen) < p)  # noqa: E731
-    x = torch.where(coin(0.5), x.flip(3), x)
-    if name != "toy-attr":  # shirts hang downwards; ellipses, discs and squares have no up
-        x = torch.where(coin(0.5), x.flip(2), x)
-    k = torch.tensor([1.0, 2.0, 1.0])
-    kernel = (torch.outer(k, k) / 16).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
-    x = torch.where(coin(0.3), blurred, x)
-    gain = 1 + 0.1 * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)  # brightness +-10%
-    x = (x + 1) * gain - 1 + 0.02 * torch.randn(x.shape, generator=gen)
-    return x.clamp(-1, 1)
-
-
-@torch.no_grad()
-def _toy_judge_test_accuracy(judge, name, size, seed=0, device="cpu"):
-    """Accuracy on the real test split: per direction (toy/toy-shape) or per attribute (toy-attr),
-    and their mean."""
-    x, y = _toy_judge_data(name, "test", size, seed)
-    judge.eval()
-    preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
-                                         for xb in x.split(256)])]
-    if name == "toy-attr":
-        per = {group: (p == y[:, k]).float().mean().item()
-               for k, (group, p) in enumerate(zip(TOY_ATTRS, preds))}
-    else:
-        correct = (preds[0] == y[:, 0]).float()
-        per = {f"{d}->{d}": correct[y[:, 0] == k].mean().item() for k, d in enumerate("AB")}
-    return sum(per.values()) / len(per), per
-
-
-def train_toy_judge(name, size, seed=0, steps=None, device="cpu", batch_size=64):
-    """Train the judge on the toy train split (cross-entropy, Adam 1e-3).
-    Returns (judge in eval mode, mean test accuracy); per-head accuracies in judge.test_accuracies."""
-    steps = _TOY_JUDGE_STEPS[name] if steps is None else steps
-    x, y = _toy_judge_data(name, "train", size, seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-        torch.manual_seed(seed)
-        judge = ToyJudge(name).to(device)
-    opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
-    judge.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch_size,), generator=gen)
-        xb, yb = _toy_augment(x[idx], name, gen).to(device), y[idx].to(device)
-        loss = sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    accuracy, judge.test_accuracies = _toy_judge_test_accuracy(judge, name, size, seed, device)
-    return judge.eval(), accuracy
-
-
-def load_toy_judge(name, size, data_root, device="cpu", seed=0):
-    """The judge for this toy dataset and size, trained once and cached under
-    <data_root>/.toy_judge/. Returns (judge in eval mode, mean test accuracy)."""
-    tag = "" if seed == 0 else f"_seed{seed}"
-    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px{tag}_v{TOY_VERSION}.pt")
-    if os.path.isfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        judge = ToyJudge(name)
-        judge.load_state_dict(saved["state_dict"])
-        judge.test_accuracies = saved["accuracies"]
-        accuracy = saved["accuracy"]
-    else:
-        print(f"training the toy judge for {name} at {size} px once; cached in {path}")
-        judge, accuracy = train_toy_judge(name, size, seed=seed, device=device)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        state = {k: v.cpu() for k, v in judge.state_dict().items()}
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"state_dict": state, "accuracy": accuracy,
-                    "accuracies": judge.test_accuracies}, tmp)
-        os.replace(tmp, path)
-    return judge.to(device).eval(), accuracy
+        return {**item, "name": f"{i:05d}"}
 
 # =============================================================================================
-# Attribute data (amgan.py, camconsistency.py): CelebA, labels.csv, toy-attr
-# =============================================================================================
-
-CELEBA_ATTR_FILE = "list_attr_celeba.txt"
-CELEBA_DEFAULT_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
-CELEBA_HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")  # StarGAN keeps one hair colour at a time
-TOY_ATTR_DEFAULT = ("color", "sleeve")  # size and bg are nuisance groups (reference matching)
-TOY_ATTR_REGIONS = {"color": "mask", "sleeve": "mask_sleeves"}  # GT region of a change of that group
-ATTR_TEST_SIZE = 2000  # test images taken from CelebA and labels.csv datasets (StarGAN, AMGAN)
-
-
-class AttributeSet:
-    """The attribute groups of a dataset, and which of them are manipulated (--attrs).
-
-    A group is categorical (values like color=red, one-hot in label vectors, cross-entropy) or
-    binary (a CelebA attribute, values "0"/"1", one column, BCE). Labels are (N, G) value indices
-    over all G groups; label vectors cover the manipulated groups only, in --attrs order."""
-
-    def __init__(self, names, values, binary, manipulated, exclusive=()):
-        self.names, self.values, self.binary = list(names), [list(v) for v in values], list(binary)
-        self.manipulated = list(manipulated)
-        self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
-
-    @property
-    def widths(self):
-        return [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
-
-    @property
-    def c_dim(self):
-        return sum(self.widths)
-
-    @property
-    def slices(self):
-        ends = np.cumsum([0] + self.widths)
-        return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
-
-    def vector(self, labels):
-        """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
-        cols = [labels[:, g:g + 1].float() if self.binary[g] else F.one_hot(labels[:, g], len(self.values[g])).float()
-                for g in self.manipulated]
-        return torch.cat(cols, dim=1)
-
-    def labels_from_logits(self, logits):
-        """(N, c_dim) classifier logits -> (N, G) labels (the manipulated groups; the others 0)."""
-        labels = torch.zeros(logits.shape[0], len(self.names), dtype=torch.long, device=logits.device)
-        for g, sl in zip(self.manipulated, self.slices):
-            labels[:, g] = (logits[:, sl.start] > 0).long() if self.binary[g] else logits[:, sl].argmax(1)
-        return labels
-
-    def set_value(self, labels, group, value):
-        """Labels with `group` set to `value` (a number, or one per image); a CelebA hair colour set to
-        1 clears the other selected hair colours."""
-        out = labels.clone()
-        out[:, group] = value
-        if self.binary[group]:
-            on = out[:, group] == 1
-            for e in self.exclusive:
-                for other in (e - {group}) if group in e else ():
-                    out[:, other] = torch.where(on, torch.zeros_like(out[:, other]), out[:, other])
-        return out
-
-    def grid_targets(self, labels):
-        """The manipulations a sample grid shows: (group, target labels) for every value of each
-        categorical group and the flip of each binary attribute."""
-        for g in self.manipulated:
-            values = [1 - labels[:, g]] if self.binary[g] else range(len(self.values[g]))
-            for v in values:
-                yield g, self.set_value(labels, g, v)
-
-    def describe(self, group, value):
-        return f"{self.names[group]}={self.values[group][value]}"
-
-    def parse_target(self, text):
-        """'color=red,sleeve=long' -> [(group, value), ...]."""
-        pairs = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, _, value = part.partition("=")
-            if name not in self.names or self.names.index(name) not in self.manipulated:
-                raise UserError(f"--target {part}: '{name}' is not a manipulated attribute; choose among "
-                                f"{', '.join(self.names[g] for g in self.manipulated)} (set by --attrs).")
-            g = self.names.index(name)
-            if value not in self.values[g]:
-                raise UserError(f"--target {part}: '{value}' is not a value of {name}; its values are "
-                                f"{', '.join(self.values[g])}.")
-            pairs.append((g, self.values[g].index(value)))
-        if not pairs:
-            raise UserError(f"--target {text!r} names no attribute; write e.g. {self.describe(self.manipulated[0], 0)}.")
-        return pairs
-
-    def changes(self, labels):
-        """Every single-group manipulation of a batch: (group, value, target labels, valid), where
-        `valid` marks the images whose value of that group is not already `value`."""
-        for g in self.manipulated:
-            for v in range(len(self.values[g])):
-                target = self.set_value(labels, g, v)
-                yield g, v, target, (target != labels).any(1)
-
-
-def select_attributes(names, values, binary, attrs_arg, default, exclusive_names=()):
-    """An AttributeSet manipulating the comma-separated --attrs (or `default`)."""
-    chosen = [a.strip() for a in attrs_arg.split(",") if a.strip()] if attrs_arg else list(default)
-    unknown = [a for a in chosen if a not in names]
-    if unknown or not chosen:
-        raise UserError(f"--attrs: unknown attribute {', '.join(unknown) or '(none given)'}; this dataset has "
-                        f"{', '.join(names)}.")
-    manipulated = [names.index(a) for a in chosen]
-    exclusive = [[g for g in manipulated if names[g] in exclusive_names]]
-    return AttributeSet(names, values, binary, manipulated, exclusive)
-
-
-def read_celeba_attributes(path):
-    """CelebA's list_attr_celeba.txt: line 1 the image count, line 2 the 40 names, then a file name
-    and 40 values in {1, -1} per line, separated by irregular spaces.
-    Returns (names, files, labels as an (N, 40) LongTensor of 0/1)."""
-    with open(path) as f:
-        lines = f.read().splitlines()
-    if len(lines) < 2 or not lines[0].strip().isdigit():
-        raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
-    names = lines[1].split()
-    files, rows = [], []
-    for number, line in enumerate(lines[2:], start=3):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != len(names) + 1:
-            raise UserError(f"{path}, line {number}: expected a file name and {len(names)} values, got "
-                            f"{len(parts) - 1} values.")
-        for name, v in zip(names, parts[1:]):
-            if v not in ("1", "-1"):
-                raise UserError(f"{path}, line {number}: value {v!r} of {name} is not 1 or -1.")
-        files.append(parts[0])
-        rows.append([v == "1" for v in parts[1:]])
-    if int(lines[0]) != len(files):
-        raise UserError(f"{path}, line 1: says {int(lines[0])} images, but the file lists {len(files)}.")
-    return names, files, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
-
-
-def read_labels_csv(path):
-    """The generic categorical table: header 'filename,<attribute>,...', one value name per cell.
-    Returns (names, values per group (sorted), files, labels as an (N, G) LongTensor)."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[0].strip() != "filename" or len(header) < 2:
-            raise UserError(f"{path}, line 1: expected the header 'filename,<attribute>,<attribute>,...', got "
-                            f"{','.join(header or [])!r}.")
-        names = [h.strip() for h in header[1:]]
-        if len(set(names)) != len(names) or not all(names):
-            raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
-        files, cells = [], []
-        for row in reader:
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
-                                f"(filename and {len(names)} attributes), got {len(row)}.")
-            row = [c.strip() for c in row]
-            empty = [names[k] for k, c in enumerate(row[1:]) if not c]
-            if not row[0] or empty:
-                raise UserError(f"{path}, line {reader.line_num}: empty cell ({'filename' if not row[0] else empty[0]}).")
-            files.append(row[0])
-            cells.append(row[1:])
-    if not files:
-        raise UserError(f"{path} lists no images.")
-    values = [sorted({r[k] for r in cells}) for k in range(len(names))]
-    index = [{v: i for i, v in enumerate(vs)} for vs in values]
-    labels = torch.tensor([[index[k][c] for k, c in enumerate(r)] for r in cells], dtype=torch.long)
-    return names, values, files, labels
-
-
-def celeba_transform(im, size, rng):
-    """StarGAN's CelebA preprocessing: flip (train), CenterCrop(178), Resize(size)."""
-    if rng is not None and rng.random() < 0.5:
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    w, h = im.size
-    left, top = round((w - 178) / 2), round((h - 178) / 2)
-    return im.crop((left, top, left + 178, top + 178)).resize((size, size), Image.BILINEAR)
-
-
-def flip_resize_transform(im, size, rng):
-    """labels.csv data (AMGAN): flip (train), resize to size x size."""
-    if rng is not None and rng.random() < 0.5:
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    return im.resize((size, size), Image.BILINEAR)
-
-
-class ToyAttr(torch.utils.data.Dataset):
-    """toy-attr as attribute data: toy_render's items (image, labels, masks) with a name."""
-
-    def __init__(self, split, size):
-        self.toy = ToyDataset("toy-attr", split, size)
-        self.labels = toy_attr_labels(split)
-
-    def __len__(self):
-        return len(self.toy)
-
-    def __getitem__(self, item):
-        index = item[0] if isinstance(item, tuple) else item
-        return {**self.toy[index], "name": f"{index:05d}", "skipped": 0}
-
-
-def _attribute_layout_help(root):
-    return (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
-            f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
-            f"{root}/images/; the README says how to convert DeepFashion and Shopping100k). Or run on the embedded "
-            f"toy dataset: --data toy-attr.")
-
-
-def _split_indices(n, test_size):
-    """StarGAN's split: shuffle with random.seed(1234), the first `test_size` are the test split."""
-    order = list(range(n))
-    random.Random(1234).shuffle(order)
-    return {"test": order[:test_size], "train": order[test_size:]}
-
-
-def attribute_data(args, split):
-    """(AttributeSet, dataset of one split) for --data toy-attr, a CelebA folder or a labels.csv
-    folder. Items: image, labels (G,) and name (toy-attr adds the masks mask, mask_torso, mask_sleeves)."""
-    if args.data in TOY_NAMES:
-        if args.data != "toy-attr":
-            raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
-        attrs = select_attributes(list(TOY_ATTRS), list(TOY_ATTRS.values()), [False] * len(TOY_ATTRS), args.attrs,
-                                  TOY_ATTR_DEFAULT)
-        return attrs, ToyAttr(split, args.img_size)
-    root = dataset_dir(args)
-    if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
-        names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
-        attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
-                                  CELEBA_DEFAULT_ATTRS, exclusive_names=CELEBA_HAIR)
-        folder, transform, test_size = os.path.join(root, "img_align_celeba"), celeba_transform, ATTR_TEST_SIZE
-    elif os.path.isfile(os.path.join(root, "labels.csv")):
-        names, values, files, labels = read_labels_csv(os.path.join(root, "labels.csv"))
-        attrs = select_attributes(names, values, [False] * len(names), args.attrs, names)
-        folder, transform = os.path.join(root, "images"), flip_resize_transform
-        test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
-    else:
-        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {_attribute_layout_help(root)}")
-    if not os.path.isdir(folder):
-        raise UserError(f"{folder} does not exist: the images of {root} go there. {_attribute_layout_help(root)}")
-    keep = _split_indices(len(files), test_size)[split]
-    if not keep:
-        raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
-    paths = [os.path.join(folder, files[i]) for i in keep]
-    return attrs, ImageFiles(paths, args.img_size, split == "train", root=folder, labels=labels[keep],
-                             transform=transform)
-
-
-def add_attribute_flags(parser):
-    """--attrs and --target, for amgan.py and camconsistency.py."""
-    add = parser.add_argument
-    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
-        f"CelebA {','.join(CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
-    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
-        "(default: every value of every manipulated attribute)")
-
-
-# =============================================================================================
-# Building blocks shared by several papers
+# 4. Shared blocks: networks and losses used by several papers
 # =============================================================================================
 
 
@@ -1247,13 +1173,18 @@ def attribute_classification_loss(attrs, logits, labels):
     BCE-with-logits summed over the attributes and averaged over the images; categorical groups
     the cross-entropy of their block of logits; the groups' terms are summed."""
     loss = logits.new_zeros(()).float()
-    for g, sl in zip(attrs.manipulated, attrs.slices):
+    for g, sl in attrs.slices.items():
         block = logits[:, sl].float()
         if attrs.binary[g]:
             loss = loss + F.binary_cross_entropy_with_logits(block, labels[:, g:g + 1].float(), reduction="sum") / len(block)
         else:
             loss = loss + F.cross_entropy(block, labels[:, g])
     return loss
+
+
+def lsgan(x, target):
+    """Least-squares GAN term (Mao et al. 2017): mean (x - target)^2, target 1 (real) or 0 (fake)."""
+    return F.mse_loss(x, torch.full_like(x, target))
 
 
 def init_normal(module, std=0.02):
@@ -1300,8 +1231,10 @@ class ImagePool:
 
 
 # =============================================================================================
-# Checkpoint: one resumable file, written atomically, loaded with weights_only=True
+# 5. Checkpoint and run log: one resumable file, log.csv, Ctrl-C, --phase bench
 # =============================================================================================
+
+CKPT_VERSION = 1  # bump when the checkpoint layout changes; load_checkpoint refuses other versions
 
 
 def _py_state(state):
@@ -1330,7 +1263,8 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
-    """Networks, optimizers, step, arguments (plain data), RNG states; temp file + os.replace."""
+    """Networks, optimizers, step, arguments (plain data), RNG states and the script's `extra`
+    training state (elapsed seconds, image pools, ...); written to a temp file, then os.replace."""
     state = {"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args),
              "models": {k: m.state_dict() for k, m in models.items()},
              "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -1340,26 +1274,31 @@ def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
     os.replace(tmp, path)
 
 
-def _load(path):
+def _read_checkpoint(path, script):
+    """The checkpoint dict, after checking that it is one of `script` in this version's layout."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: {e}).") from None
-
-
-def read_checkpoint_args(path, script):
-    state = _load(path)
     if not isinstance(state, dict) or state.get("script") != script:
         other = state.get("script") if isinstance(state, dict) else None
         raise UserError(f"{path} is a checkpoint of {other or 'something else'}, not of {script}.py; "
                         f"point --ckpt or --out at a {script}.py run.")
-    return state["args"]
+    if state.get("version") != CKPT_VERSION:
+        raise UserError(f"{path} has checkpoint layout version {state.get('version')}, and this code reads version "
+                        f"{CKPT_VERSION}: it was written by another version of this project. Use that version, "
+                        f"or train a new run.")
+    return state
+
+
+def read_checkpoint_args(path, script):
+    return _read_checkpoint(path, script)["args"]
 
 
 def load_checkpoint(path, script, models, optimizers=None):
-    """Load networks (and optimizers, RNG) in place; returns the saved dict (step, extra, args)."""
-    state = _load(path)
-    read_checkpoint_args(path, script)
+    """Load networks (and optimizers) in place; returns the checkpoint dict (step, args, rng, extra).
+    The RNG states are not restored here: a resumed run sets them once its data streams exist."""
+    state = _read_checkpoint(path, script)
     try:
         for k, m in models.items():
             m.load_state_dict(state["models"][k])
@@ -1368,13 +1307,149 @@ def load_checkpoint(path, script, models, optimizers=None):
     except (KeyError, RuntimeError) as e:
         raise UserError(f"{path} does not match this architecture ({str(e).splitlines()[0]}); it was written "
                         f"with other network flags. Use its own flags or another --out.") from None
-    if optimizers:
-        set_rng_state(state["rng"])
     return state
 
 
+def prepare_out(args, dist_):
+    """Create --out, refuse to overwrite an existing run, write args.json (rank 0)."""
+    if os.path.exists(args.ckpt) and not args.resume:
+        raise UserError(f"{args.ckpt} already exists and a new run would overwrite it. Continue it with --resume, "
+                        f"pick another --out, or delete the folder if you mean to start over.")
+    if dist_.main:
+        os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+        with open(os.path.join(args.out, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+
+
+class RunLog:
+    """log.csv (step, every loss term, lr, seconds, skipped images) and the progress bar.
+
+    add(losses) sums a step's 0-dim loss tensors on the device, without a host sync; a term that
+    only some steps compute (a generator updated every n_critic steps) is averaged over the steps
+    that computed it. write(step, lr) reads the sums back, raises Diverged on a NaN/Inf and appends
+    a row (rank 0). On resume the rows after the resumed step are dropped."""
+
+    TAIL = ["lr", "seconds", "skipped_images"]
+
+    def __init__(self, args, dist_, start_step, elapsed=0.0):
+        self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
+        self.elapsed, self.t0 = elapsed, time.time()
+        self.sums, self.counts, self.first, self.last_saved = {}, {}, start_step + 1, start_step
+        self.terms = []  # the loss names in log.csv's header
+        if self.main and os.path.exists(self.path):  # a new run starts a new log; a resumed one keeps its rows
+            rows = []
+            if start_step > 0:
+                with open(self.path) as f:
+                    reader = csv.DictReader(f)
+                    rows = [r for r in reader if int(r["step"]) <= start_step]
+                    self.terms = [k for k in reader.fieldnames or [] if k not in ["step", *self.TAIL]]
+            os.remove(self.path)
+            if rows:
+                self._write(rows, "w")
+        stop = min(args.iters, args.stop_at or args.iters)
+        self.bar = tqdm(total=stop, initial=start_step, disable=not self.main, dynamic_ncols=True, mininterval=2,
+                        desc=os.path.basename(args.out))
+
+    def _write(self, rows, mode):
+        with open(self.path, mode, newline="") as f:
+            w = csv.DictWriter(f, ["step", *self.terms, *self.TAIL], restval="")
+            if mode == "w":
+                w.writeheader()
+            w.writerows(rows)
+
+    def seconds(self):
+        """Training time so far, across resumes."""
+        return self.elapsed + time.time() - self.t0
+
+    def add(self, losses):
+        for k, v in losses.items():
+            self.sums[k] = self.sums[k] + v.detach() if k in self.sums else v.detach().clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.bar.update(1)
+
+    def write(self, step, lr):
+        if not self.sums:
+            return
+        names = list(self.sums)
+        counts = torch.tensor(list(self.counts.values()))
+        values = (torch.stack(list(self.sums.values())).float().cpu() / counts).tolist()
+        first, self.first, self.sums, self.counts = self.first, step + 1, {}, {}
+        bad = [k for k, v in zip(names, values) if not math.isfinite(v)]
+        if bad:
+            self.bar.close()
+            raise Diverged(f"loss {', '.join(bad)} became NaN/Inf between steps {first} and {step}; training stopped "
+                           f"and the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}. Try a "
+                           f"lower --lr, or run without --amp.")
+        row = {"step": step, **{k: f"{v:.5g}" for k, v in zip(names, values)}, "lr": f"{lr:.4g}",
+               "seconds": f"{self.seconds():.1f}", "skipped_images": _stats["skipped"]}
+        if not self.main:
+            return
+        new = [k for k in names if k not in self.terms]
+        if new or not os.path.exists(self.path):  # the first row, or a term logged for the first time
+            rows = []
+            if os.path.exists(self.path):
+                with open(self.path) as f:
+                    rows = list(csv.DictReader(f))
+            self.terms += new
+            self._write(rows + [row], "w")
+        else:
+            self._write([row], "a")
+        self.bar.set_postfix({k: row[k] for k in names[:4]}, refresh=False)
+
+    def close(self):
+        self.bar.close()
+        if _stats["skipped"]:
+            print(f"warning: {_stats['skipped']} unreadable images were skipped during training", file=sys.stderr)
+
+
+class CtrlC:
+    """Ctrl-C during training: the current step finishes, then pressed() is true (on every rank under
+    torchrun, where the ranks agree every `every` steps) and the loop saves and raises Interrupted."""
+
+    def __init__(self, dist_, every):
+        self.dist, self.every, self.flag = dist_, every, []
+        self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.flag.append(1))
+
+    def pressed(self, step):
+        if self.dist.world == 1 or step % self.every == 0:
+            return self.dist.any(bool(self.flag))
+        return False
+
+    def close(self):
+        signal.signal(signal.SIGINT, self.old_handler)
+
+
+class Bench:
+    """--phase bench: `for step in bench.steps(): losses = train_step(...)`, then bench.report(losses)
+    prints one JSON line: it/s and images/s of the timed steps after the warm-up, peak memory."""
+
+    def __init__(self, args, device, warmup=3, timed=10):
+        self.args, self.device, self.warmup, self.timed = args, device, warmup, timed
+
+    def steps(self):
+        for step in range(1, self.warmup + 1):
+            yield step
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.t0 = time.perf_counter()
+        yield from range(self.warmup + 1, self.warmup + self.timed + 1)
+
+    def report(self, losses):
+        float(sum(losses.values()))  # wait for the device
+        seconds = time.perf_counter() - self.t0
+        device, args = self.device, self.args
+        result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                  else f"cpu ({torch.get_num_threads()} threads)", "img_size": args.img_size,
+                  "batch": args.batch_size, "amp": bool(args.amp), "compile": bool(args.compile),
+                  "it_s": round(self.timed / seconds, 3), "img_s": round(self.timed * args.batch_size / seconds, 3),
+                  "peak_mem_mb": round(peak_memory_mb(device), 1)}
+        print(json.dumps(result))
+        return result
+
+
 # =============================================================================================
-# Pictures: heat colour map, sample grids, image files
+# 6. Pictures: heat colour map, sample grids, image files
 # =============================================================================================
 
 
@@ -1414,184 +1489,147 @@ def save_image(tensor, path):
     torchvision.utils.save_image((tensor.detach().float().cpu() + 1) / 2, path)
 
 
-# =============================================================================================
-# The training loop: progress bar, log.csv, samples, checkpoints, Ctrl-C, NaN guard
-# =============================================================================================
 
-
-def prepare_out(args, dist_):
-    """Create --out, refuse to overwrite an existing run, write args.json (rank 0)."""
-    if args.phase == "train" and os.path.exists(args.ckpt) and not args.resume:
-        raise UserError(f"{args.ckpt} already exists and a new run would overwrite it. Continue it with --resume, "
-                        f"pick another --out, or delete the folder if you mean to start over.")
-    if dist_.main:
-        os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-        with open(os.path.join(args.out, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
-
-
-class CsvLog:
-    """log.csv: step, every loss term, lr, seconds. On resume, rows after the resumed step are dropped."""
-
-    def __init__(self, path, start_step):
-        self.path, self.fields = path, None
-        if start_step > 0 and os.path.exists(path):
-            with open(path) as f:
-                rows = list(csv.DictReader(f))
-            if rows:
-                self.fields = list(rows[0])
-                with open(path, "w", newline="") as f:
-                    w = csv.DictWriter(f, self.fields)
-                    w.writeheader()
-                    w.writerows(r for r in rows if int(r["step"]) <= start_step)
-        elif os.path.exists(path):
-            os.remove(path)
-
-    def write(self, row):
-        new = self.fields is None
-        if new:
-            self.fields = list(row)
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, self.fields)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in self.fields})
-
-
-def train_loop(args, dist_, step_fn, save_fn, sample_fn, start_step, elapsed=0.0):
-    """Run steps start_step+1 .. min(iters, stop_at).
-
-    step_fn(step) -> {name: 0-dim loss tensor, ..., "lr": float}; the tensors are summed on the
-    device and read back only every --log_every steps (no per-step host sync). save_fn(step,
-    elapsed) writes the checkpoint; it only ever runs after the losses were checked finite.
-    Ctrl-C finishes the current step, saves and exits.
-    """
-    stop = min(args.iters, args.stop_at or args.iters)
-    interrupted = []
-    old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
-    log = CsvLog(os.path.join(args.out, "log.csv"), start_step) if dist_.main else None
-    bar = tqdm(total=stop, initial=start_step, disable=not dist_.main, dynamic_ncols=True, mininterval=2,
-               desc=os.path.basename(args.out))
-    sums, count, lr, t0, last_saved = {}, 0, None, time.time(), start_step
-    step = start_step
-
-    def flush():
-        nonlocal sums, count
-        if not count:
-            return
-        values = torch.stack(list(sums.values())).float().cpu() / count
-        if not torch.isfinite(values).all():
-            bad = [k for k, v in zip(sums, values) if not math.isfinite(v)]
-            raise FloatingPointError(f"loss {', '.join(bad)} became NaN/Inf between steps {step - count + 1} and "
-                                     f"{step}; training stopped and the last good checkpoint (step {last_saved}) "
-                                     f"is kept at {args.ckpt}. Try a lower --lr, or run without --amp.")
-        row = {"step": step, **{k: f"{v:.5g}" for k, v in zip(sums, values.tolist())}, "lr": f"{lr:.4g}",
-               "seconds": f"{elapsed + time.time() - t0:.1f}", "skipped_images": _stats["skipped"]}
-        if log:
-            log.write(row)
-            bar.set_postfix({k: row[k] for k in list(sums)[:4]}, refresh=False)
-        sums, count = {}, 0
-
-    try:
-        while step < stop:
-            step += 1
-            losses = step_fn(step)
-            lr = losses.pop("lr")
-            for k, v in losses.items():
-                sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
-            count += 1
-            bar.update(1)
-            save_now = step == stop or (args.save_every and step % args.save_every == 0)
-            if step % args.log_every == 0 or save_now:
-                flush()
-            if dist_.main and args.sample_every and step % args.sample_every == 0:
-                sample_fn(step)
-            stop_now = dist_.any(bool(interrupted)) if (dist_.world == 1 or step % args.log_every == 0) else False
-            if stop_now and not save_now:
-                flush()
-                save_now = True
-            if save_now:
-                if dist_.main:
-                    save_fn(step, elapsed + time.time() - t0)
-                last_saved = step
-            if stop_now:
-                bar.close()
-                print(f"\ninterrupted: checkpoint at step {step} saved to {args.ckpt}; continue with --resume",
-                      file=sys.stderr)
-                sys.exit(130)
-    except FloatingPointError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-    bar.close()
-    if _stats["skipped"]:
-        print(f"warning: {_stats['skipped']} unreadable images were skipped during training", file=sys.stderr)
-    return step
-
-
-class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the aten operators dispatched while active (at batch 1 a GPU step is bound by their
-    launches, not by arithmetic)."""
-
-    count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def bench(args, device, step_fn, streams=(), warmup=3, steps=10, loader_batches=30):
-    """--phase bench: time `steps` training steps after `warmup`, then the data streams alone
-    (`loader_batches` batches from each, images on the device); one JSON line. The loader keeps up
-    when loader_img_s is well above step_img_s, the images per second the step consumes from all
-    streams together."""
-    for s in range(warmup):
-        step_fn(s + 1)
-    counter = None
-    if args.profile:  # every aten operator the step dispatches (a kernel launch each on a GPU), views included
-        with OpCounter() as counter:
-            step_fn(warmup)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        losses = step_fn(warmup + s + 1)
-    float(sum(v for k, v in losses.items() if k != "lr"))  # wait for the device
-    seconds = time.perf_counter() - t0
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "img_size": args.img_size, "batch": args.batch_size, "amp": bool(args.amp), "compile": bool(args.compile),
-              "it_s": round(steps / seconds, 3), "img_s": round(steps * args.batch_size / seconds, 3),
-              "peak_mem_mb": round(peak_memory_mb(device), 1)}
-    if args.profile:  # after the timing, which the profiler would slow down
-        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with torch.profiler.profile(activities=activities) as profiler:
-            for s in range(steps):
-                losses = step_fn(warmup + steps + s + 1)
-            float(sum(v for k, v in losses.items() if k != "lr"))
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(profiler.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
-    if counter is not None:
-        result["ops_per_step"] = counter.count
-    if streams:
-        t0 = time.perf_counter()
-        for _ in range(loader_batches):
-            for stream in streams:
-                batch = next(stream)
-        (batch[0] if isinstance(batch, tuple) else batch).sum().item()  # wait for the last copy
-        loader_seconds = time.perf_counter() - t0
-        result["workers"] = args.workers
-        result["loader_img_s"] = round(loader_batches * len(streams) * args.batch_size / loader_seconds, 1)
-        result["step_img_s"] = round(steps * len(streams) * args.batch_size / seconds, 1)
-    print(json.dumps(result))
-    return result
+def save_pictures(folder, names, images, attention=None, under=None):
+    """<folder>/<name>.png for each image and, with `attention`, <name>_attention.png: the map as a
+    heat overlay on `under` (default: the image itself)."""
+    under = images if under is None else under
+    for i, name in enumerate(names):
+        save_image(images[i], os.path.join(folder, f"{name}.png"))
+        if attention is not None:
+            save_image(heat_overlay(attention[i:i + 1], under[i:i + 1])[0], os.path.join(folder, f"{name}_attention.png"))
 
 
 # =============================================================================================
-# Metrics: KID and FID on (injectable) features, the FID Inception, toy metrics
+# 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json
 # =============================================================================================
+
+class ToyJudge(nn.Module):
+    """Small CNN that classifies toy images: the domain (A=0, B=1) for toy/toy-shape, one head per
+    attribute group for toy-attr. Its 64-d pooled features are the feature space of toy-KID."""
+
+    def __init__(self, name):
+        super().__init__()
+        if name not in TOY_NAMES:
+            raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_NAMES}")
+        self.head_sizes = tuple(len(v) for v in TOY_ATTRS.values()) if name == "toy-attr" else (2,)
+        # Four blocks conv3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool (S -> S/16). Stride-1
+        # convolutions with max-pooling see the thin sleeves and the disc/square corners far more
+        # easily than strided ones, and BatchNorm makes training take a few hundred steps.
+        layers, channels = [], [3, 16, 32, 64, 64]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.LeakyReLU(0.2), nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(64, k) for k in self.head_sizes)
+
+    def features(self, x):
+        """(N, 3, S, S) in [-1, 1] -> (N, 64) pooled features, L2-normalised to norm sqrt(64): KID's
+        kernel (x.y/d + 1)^3 then stays in [0, 8] even for images far from the training data."""
+        return F.normalize(self.body(x).mean(dim=(2, 3)), dim=1) * 8.0
+
+    def forward(self, x):
+        """-> a list of logits tensors, one per head (on the unnormalised pooled features)."""
+        feats = self.body(x).mean(dim=(2, 3))
+        return [head(feats) for head in self.heads]
+
+
+# Training steps (batch 64) that reach >= 98% test accuracy at 64 px and >= 95% at 32 px.
+_TOY_JUDGE_STEPS = {"toy": 200, "toy-shape": 300, "toy-attr": 500}
+
+
+def _toy_judge_data(name, split, size, seed):
+    """The whole split as tensors: images (N, 3, S, S) and targets (N, heads)."""
+    if name == "toy-attr":
+        items = [toy_render(name, split, i, size, None, seed) for i in range(TOY_SPLIT_SIZES[split])]
+        targets = torch.stack([item["labels"] for item in items])
+    else:
+        items = [toy_render(name, split, i, size, domain, seed)
+                 for domain in "AB" for i in range(TOY_SPLIT_SIZES[split])]
+        targets = torch.arange(2).repeat_interleave(TOY_SPLIT_SIZES[split])[:, None]
+    return torch.stack([item["image"] for item in items]), targets
+
+
+def _toy_augment(x, name, gen):
+    """Random flips, light blur, brightness jitter and noise, so that the judge also reads
+    slightly imperfect generated images."""
+    n = x.shape[0]
+    coin = lambda p: (torch.rand(n, 1, 1, 1, generator=gen) < p)  # noqa: E731
+    x = torch.where(coin(0.5), x.flip(3), x)
+    if name != "toy-attr":  # shirts hang downwards; ellipses, discs and squares have no up
+        x = torch.where(coin(0.5), x.flip(2), x)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (torch.outer(k, k) / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    x = torch.where(coin(0.3), blurred, x)
+    gain = 1 + 0.1 * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)  # brightness +-10%
+    x = (x + 1) * gain - 1 + 0.02 * torch.randn(x.shape, generator=gen)
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def _toy_judge_test_accuracy(judge, name, size, seed=0, device="cpu"):
+    """Accuracy on the real test split: per direction (toy/toy-shape) or per attribute (toy-attr),
+    and their mean."""
+    x, y = _toy_judge_data(name, "test", size, seed)
+    judge.eval()
+    preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
+                                         for xb in x.split(256)])]
+    if name == "toy-attr":
+        per = {group: (p == y[:, k]).float().mean().item()
+               for k, (group, p) in enumerate(zip(TOY_ATTRS, preds))}
+    else:
+        correct = (preds[0] == y[:, 0]).float()
+        per = {f"{d}->{d}": correct[y[:, 0] == k].mean().item() for k, d in enumerate("AB")}
+    return sum(per.values()) / len(per), per
+
+
+@torch.enable_grad()  # also when an eval phase runs under no_grad
+def train_toy_judge(name, size, seed=0, steps=None, device="cpu", batch_size=64):
+    """Train the judge on the toy train split (cross-entropy, Adam 1e-3).
+    Returns (judge in eval mode, mean test accuracy); per-head accuracies in judge.test_accuracies."""
+    steps = _TOY_JUDGE_STEPS[name] if steps is None else steps
+    x, y = _toy_judge_data(name, "train", size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(seed)
+        judge = ToyJudge(name).to(device)
+    opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    judge.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch_size,), generator=gen)
+        xb, yb = _toy_augment(x[idx], name, gen).to(device), y[idx].to(device)
+        loss = sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    accuracy, judge.test_accuracies = _toy_judge_test_accuracy(judge, name, size, seed, device)
+    return judge.eval(), accuracy
+
+
+def load_toy_judge(name, size, data_root, device="cpu", seed=0):
+    """The judge for this toy dataset and size, trained once and cached under
+    <data_root>/.toy_judge/. Returns (judge in eval mode, mean test accuracy)."""
+    tag = "" if seed == 0 else f"_seed{seed}"
+    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px{tag}_v{TOY_VERSION}.pt")
+    if os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        judge = ToyJudge(name)
+        judge.load_state_dict(saved["state_dict"])
+        judge.test_accuracies = saved["accuracies"]
+        accuracy = saved["accuracy"]
+    else:
+        print(f"training the toy judge for {name} at {size} px once; cached in {path}")
+        judge, accuracy = train_toy_judge(name, size, seed=seed, device=device)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state = {k: v.cpu() for k, v in judge.state_dict().items()}
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"state_dict": state, "accuracy": accuracy,
+                    "accuracies": judge.test_accuracies}, tmp)
+        os.replace(tmp, path)
+    return judge.to(device).eval(), accuracy
+
+
 def _as_float64(features):
     """(N, D) tensor or array-like -> float64 numpy array."""
     if isinstance(features, torch.Tensor):
@@ -1831,60 +1869,6 @@ def attention_iou_pointing(attention, mask, threshold=0.5):
     return iou.mean().item(), pointing.mean().item()
 
 
-# =============================================================================================
-# Test and eval phases of the two-domain scripts (ugatit.py, attentiongan.py, uag.py)
-# =============================================================================================
-
-
-def _directions(args):
-    d = getattr(args, "direction", "both")
-    return [("a2b", "A", "B"), ("b2a", "B", "A")] if d == "both" else [(d, d[0].upper(), d[-1].upper())]
-
-
-def _test_split(args, domain):
-    """The test split of one domain: a toy split (with GT masks) or <data>/test<domain>."""
-    if args.data in TOY_NAMES:
-        return ToyDataset(args.data, "test", args.img_size, domain)
-    return unpaired_split(args, "test", domain, train=False)
-
-
-def _batches(dataset, args, batch_size=16):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.workers)
-
-
-def _input_images(args):
-    """--input: one image file or a folder of them, as (name, tensor) at --img_size."""
-    files = [args.input] if os.path.isfile(args.input) else list_images(args.input) if os.path.isdir(args.input) else None
-    if not files:
-        raise UserError(f"--input {args.input} is neither an image file nor a folder holding images ({', '.join(IMG_EXTS)}).")
-    root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
-    ds = ImageFiles(files, args.img_size, train=False, root=root)
-    return [ds[i] for i in range(len(files))]
-
-
-def two_domain_test(args, translate, device):
-    """Write translations and attention maps to <out>/test/<direction>/<source name>.png.
-    translate(x, direction) -> (output, attention) in eval mode under no_grad."""
-    for direction, src, _ in _directions(args):
-        folder = os.path.join(args.out, "test", direction)
-        if args.input:
-            items = _input_images(args)
-            loader = [{"image": torch.stack([i["image"] for i in items]), "name": [i["name"] for i in items]}]
-        else:
-            loader = _batches(_test_split(args, src), args)
-        count = 0
-        for batch in loader:
-            x = batch["image"].to(device)
-            names = batch.get("name") or [f"{count + i:05d}" for i in range(len(x))]
-            out, attention = translate(x, direction)
-            for i, name in enumerate(names):
-                save_image(out[i], os.path.join(folder, f"{name}.png"))
-                if attention is not None:
-                    save_image(heat_overlay(attention[i:i + 1], x[i:i + 1])[0], os.path.join(folder, f"{name}_attention.png"))
-            count += len(x)
-        print(f"{direction}: {count} translations and attention maps in {folder}")
-
-
 def _inception_or_none(args, required):
     try:
         return fid_inception(args.inception_weights)
@@ -1894,350 +1878,156 @@ def _inception_or_none(args, required):
         return None, None
 
 
-def two_domain_eval(args, translate, device):
-    """Metrics of SPEC section 3 on the test split -> <out>/metrics.json and a printed table.
-    Toy data: translation success (judge), background PSNR/L1 outside the GT mask, attention IoU
-    and pointing, toy-KID on judge features (and KID/FID when Inception weights are present).
-    Real data: KID (both estimators) and FID on Inception pool3 features."""
-    toy = args.data in TOY_NAMES
-    inception, inception_label = _inception_or_none(args, required=not toy)
-    if inception is not None:
-        inception = inception.to(device)
-    results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
-               "inception": inception_label or "no weights found: toy metrics only (see --inception_weights)"}
-    if toy:
-        judge, judge_acc = load_toy_judge(args.data, args.img_size, args.data_root, device)
-        results["judge_accuracy_real"] = judge_acc
-    for direction, src, tgt in _directions(args):
-        m, feats, inc = {}, {"fake": [], "real": []}, {"fake": [], "real": []}
-        sums, n = {}, 0
-        for batch in _batches(_test_split(args, src), args):
-            x = batch["image"].to(device)
-            out, attention = translate(x, direction)
-            if toy:
-                mask = batch["mask"].to(device)
-                psnr, l1 = masked_psnr_l1(x, out, mask)
-                part = {"background_psnr_db": psnr, "background_l1": l1,
-                        "translation_success": (judge(out)[0].argmax(1) == "AB".index(tgt)).float().mean().item()}
-                if attention is not None:
-                    part["attention_iou"], part["attention_pointing"] = attention_iou_pointing(attention, mask)
-                for k, v in part.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(x)
-                with torch.no_grad():
-                    feats["fake"].append(judge.features(out).double().cpu())
-            if inception is not None:
-                inc["fake"].append(extract_features(inception, [out], device))
-            n += len(x)
-        for batch in _batches(_test_split(args, tgt), args):
-            y = batch["image"].to(device)
-            if toy:
-                with torch.no_grad():
-                    feats["real"].append(judge.features(y).double().cpu())
-            if inception is not None:
-                inc["real"].append(extract_features(inception, [y], device))
-        m = {k: v / n for k, v in sums.items()}
-        m["images"] = n
-        if toy:
-            real, fake = torch.cat(feats["real"]), torch.cat(feats["fake"])
-            m["toy_kid_subsets_x100"] = [100 * v for v in kid_subsets(real, fake)]
-            m["toy_kid_blocks_x100"] = [100 * v for v in kid_blocks(real, fake)]
-        if inception is not None:
-            real, fake = torch.cat(inc["real"]), torch.cat(inc["fake"])
-            m["kid_subsets_x100"] = [100 * v for v in kid_subsets(real, fake)]
-            m["kid_blocks_x100"] = [100 * v for v in kid_blocks(real, fake)]
-            m["fid"] = fid_from_features(real, fake)
-        results[direction] = m
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print_metrics(results)
-    return results
+class TranslationMetrics:
+    """--phase eval of a two-domain script (SPEC section 3). For each direction: add() the test
+    batches with their translations, add_real() the target domain's test batches, then write().
+    Toy data: translation success (the judge's verdict), background PSNR/L1 outside the GT mask,
+    attention IoU and pointing, toy-KID on judge features (and KID/FID when Inception weights are
+    present). Real data: KID (both estimators) and FID on Inception pool3 features."""
+
+    def __init__(self, args, device):
+        self.args, self.device, self.toy = args, device, args.data in TOY_NAMES
+        self.inception, label = _inception_or_none(args, required=not self.toy)
+        if self.inception is not None:
+            self.inception = self.inception.to(device)
+        self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
+                        "inception": label or "no weights found: toy metrics only (see --inception_weights)"}
+        if self.toy:
+            self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
+                                                                             args.data_root, device)
+        self.parts = {}
+
+    def _part(self, direction):
+        return self.parts.setdefault(direction, {"sums": {}, "n": 0, "judge": {"fake": [], "real": []},
+                                                 "inception": {"fake": [], "real": []}})
+
+    def _features(self, part, kind, images):
+        if self.toy:
+            with torch.no_grad():
+                part["judge"][kind].append(self.judge.features(images).double().cpu())
+        if self.inception is not None:
+            part["inception"][kind].append(extract_features(self.inception, [images], self.device))
+
+    def add(self, direction, batch, out, attention):
+        """A test batch of the source domain (its image and, on toy data, GT mask) and its
+        translations `out` with their attention maps (or None)."""
+        part, x = self._part(direction), batch["image"].to(self.device)
+        if self.toy:
+            target = "AB".index(direction[-1].upper())
+            mask = batch["mask"].to(self.device)
+            psnr, l1 = masked_psnr_l1(x, out, mask)
+            metrics = {"background_psnr_db": psnr, "background_l1": l1,
+                       "translation_success": (self.judge(out)[0].argmax(1) == target).float().mean().item()}
+            if attention is not None:
+                metrics["attention_iou"], metrics["attention_pointing"] = attention_iou_pointing(attention, mask)
+            for k, v in metrics.items():
+                part["sums"][k] = part["sums"].get(k, 0.0) + v * len(x)
+        self._features(part, "fake", out)
+        part["n"] += len(x)
+
+    def add_real(self, direction, batch):
+        """A test batch of the target domain: the real images the translations are compared with."""
+        self._features(self._part(direction), "real", batch["image"].to(self.device))
+
+    def write(self):
+        for direction, part in self.parts.items():
+            m = {k: v / part["n"] for k, v in part["sums"].items()}
+            m["images"] = part["n"]
+            for prefix, features in (("toy_", part["judge"]), ("", part["inception"])):
+                if features["fake"]:
+                    real, fake = torch.cat(features["real"]), torch.cat(features["fake"])
+                    m[f"{prefix}kid_subsets_x100"] = [100 * v for v in kid_subsets(real, fake)]
+                    m[f"{prefix}kid_blocks_x100"] = [100 * v for v in kid_blocks(real, fake)]
+            if part["inception"]["fake"]:
+                m["fid"] = fid_from_features(torch.cat(part["inception"]["real"]), torch.cat(part["inception"]["fake"]))
+            self.results[direction] = m
+        return write_metrics(self.args.out, self.results)
 
 
-def start_run(args, build_networks):
-    """The opening every two-domain script shares: process group, device, seed, the networks on
-    the device and their (under --compile, compiled) callables. Returns (dist_, device, nets, run)."""
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    dist_ = Dist("cuda" if cuda else "cpu")
-    device = pick_device(args, dist_.local_rank)
-    seed_everything(args.seed)
-    nets = build_networks(args)
-    for net in nets.values():
-        to_device(net, device)
-    return dist_, device, nets, {k: maybe_compile(v, args) for k, v in nets.items()}
-
-
-def test_or_eval(args, script, nets, translate, device):
-    """--phase test / eval of a two-domain script: load the checkpoint's networks, eval mode, then
-    two_domain_test or two_domain_eval with translate(x, direction) -> (output, attention)."""
-    load_checkpoint(args.ckpt, script, nets)
-    for net in nets.values():
-        net.eval()
-    (two_domain_test if args.phase == "test" else two_domain_eval)(args, translate, device)
-
-
-def begin_training(args, script, dist_, device, nets, optimizers, *train_sets, labels=False):
-    """--phase train / bench: create --out (train), load the checkpoint under --resume, broadcast the
-    weights (torchrun), start the data streams (one per training set, e.g. A and B) at the resumed
-    step. Returns (start_step, elapsed seconds, the checkpoint's extra dict, *batches); with
-    `labels` each batch is (images, labels)."""
-    start_step, elapsed, extra = 0, 0.0, {}
-    if args.phase == "train":
-        prepare_out(args, dist_)
-        if args.resume:
-            state = load_checkpoint(args.ckpt, script, nets, optimizers)
-            start_step, extra = state["step"], state["extra"]
-            elapsed = extra.get("elapsed", 0.0)
-    dist_.broadcast(nets.values())
-    batches = [train_batches(data, args, device, dist_, start_step, seed_offset=k, labels=labels)
-               for k, data in enumerate(train_sets)]
-    if start_step:  # a DataLoader iterator draws its base seed from the global RNG: restore the saved state after it
-        set_rng_state(state["rng"])
-    return (start_step, elapsed, extra, *batches)
-
-
-def finish_training(args, script, dist_, nets, step_fn, save_fn, sample_fn, start_step, elapsed):
-    """Run train_loop, check the replicas agree (torchrun) and say what to do next."""
-    last = train_loop(args, dist_, step_fn, save_fn, sample_fn, start_step, elapsed)
-    dist_.check_replicas(nets.values())
-    if dist_.main:
-        print(f"trained to step {last}; checkpoint {args.ckpt}. Next: python {script}.py --out {args.out} --phase eval")
-    dist_.close()
-
-
-# =============================================================================================
-# Test and eval phases of the attribute scripts (amgan.py, camconsistency.py)
-# =============================================================================================
-# manipulate(x, labels, target, group) -> (output, attention or None) is the script's own
-# translation in eval mode under no_grad: labels and target are (N, G) value indices, `group` the
-# index of the changed attribute group.
-
-
-def _attribute_jobs(attrs, manipulate, x, labels, targets):
-    """(tag, selected images, output, attention) per manipulation of one batch: the --target chain
-    (applied one after the other), or every single-group change of an image's own values."""
-    if targets:
-        out, current, attention = x, labels, None
-        for g, v in targets:
-            target = attrs.set_value(current, g, v)
-            out, attention = manipulate(out, current, target, g)
-            current = target
-        yield "_".join(attrs.describe(g, v) for g, v in targets), torch.ones(len(x), dtype=torch.bool), out, attention
-        return
-    for g, v, target, valid in attrs.changes(labels):
-        if valid.any():
-            yield (attrs.describe(g, v), valid.cpu(), *manipulate(x[valid], labels[valid], target[valid], g))
-
-
-def attribute_test(args, attrs, manipulate, predict_labels, device):
-    """Write manipulated images and attention maps to <out>/test/<name>_<group>=<value>.png. The
-    test split's images use their own labels; --input images get theirs from predict_labels(x)."""
-    folder = os.path.join(args.out, "test")
-    targets = attrs.parse_target(args.target) if args.target else None
-    if args.input:
-        items = _input_images(args)
-        x = torch.stack([i["image"] for i in items]).to(device)
-        loader = [{"image": x, "labels": predict_labels(x), "name": [i["name"] for i in items]}]
-    else:
-        loader = _batches(attribute_data(args, "test")[1], args)
-    count = 0
-    for batch in loader:
-        x, labels = batch["image"].to(device), batch["labels"].to(device)
-        for tag, chosen, out, attention in _attribute_jobs(attrs, manipulate, x, labels, targets):
-            names = [n for n, keep in zip(batch["name"], chosen.tolist()) if keep]
-            for i, name in enumerate(names):
-                save_image(out[i], os.path.join(folder, f"{name}_{tag}.png"))
-                if attention is not None:
-                    save_image(heat_overlay(attention[i:i + 1], out[i:i + 1])[0],
-                               os.path.join(folder, f"{name}_{tag}_attention.png"))
-            count += len(names)
-    print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
-
-
-@torch.no_grad()
-def _judge_features(judge, dataset, args, device):
-    feats = [judge.features(b["image"].to(device)).float() for b in _batches(dataset, args, batch_size=200)]
-    return torch.cat(feats)
-
-
-def attribute_eval(args, attrs, manipulate, device, extra=None):
-    """Attribute metrics (SPEC section 3) of every single-attribute manipulation of the test split,
-    per manipulated group and their mean -> <out>/metrics.json. toy-attr: attribute_accuracy (the
-    toy judge reads the target value), kept_accuracy (it reads every other group unchanged),
+class AttributeMetrics:
+    """--phase eval of an attribute script (SPEC section 3): add() every single-attribute change of
+    the test split, then summary() per manipulated group and their mean. toy-attr: attribute_accuracy
+    (the toy judge reads the target value), kept_accuracy (it reads every other group unchanged),
     preserve_psnr_db / preserve_l1 outside the GT region of the changed group, attention_iou /
     attention_pointing against that region, retrieval_top30 (a hit when one of the 30 nearest toy
     train images in judge features has all the target's labels). Real data: KID and FID of the
-    manipulated images against the real test images. extra(results) adds a script's own entries."""
-    toy = args.data in TOY_NAMES
-    _, test_set = attribute_data(args, "test")
-    results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
-               "manipulated": [attrs.names[g] for g in attrs.manipulated]}
-    if toy:
-        judge, results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size, args.data_root, device)
-        gallery = ToyAttr("train", args.img_size)
-        gallery_features, gallery_labels = _judge_features(judge, gallery, args, device), gallery.labels.to(device)
-    else:
-        inception, results["inception"] = _inception_or_none(args, required=True)
-        inception = inception.to(device)
-        real = extract_features(inception, (b["image"] for b in _batches(test_set, args)), device)
-        fake = {g: [] for g in attrs.manipulated}
-    sums = {g: {} for g in attrs.manipulated}
-    for batch in _batches(test_set, args):
-        x, labels = batch["image"].to(device), batch["labels"].to(device)
-        for g, v, target, valid in attrs.changes(labels):
-            if not valid.any():
-                continue
-            keep = valid.to(device)
-            xs, ts = x[keep], target[keep]
-            out, attention = manipulate(xs, labels[keep], ts, g)
-            part = {"images": len(xs)}
-            if toy:
-                with torch.no_grad():
-                    predicted = torch.stack([logits.argmax(1) for logits in judge(out)], dim=1)
-                    features = judge.features(out).float()
-                others = [k for k in range(len(attrs.names)) if k != g]
-                part["attribute_accuracy"] = (predicted[:, g] == v).double().mean().item()
-                part["kept_accuracy"] = (predicted[:, others] == ts[:, others]).all(1).double().mean().item()
-                region = batch[TOY_ATTR_REGIONS.get(attrs.names[g], "mask")].to(device)[keep]
-                part["preserve_psnr_db"], part["preserve_l1"] = masked_psnr_l1(xs, out, region)
-                if attention is not None:
-                    part["attention_iou"], part["attention_pointing"] = attention_iou_pointing(attention, region)
-                nearest = torch.cdist(features, gallery_features).topk(30, largest=False).indices
-                part["retrieval_top30"] = (gallery_labels[nearest] == ts[:, None]).all(-1).any(-1).double().mean().item()
-            else:
-                fake[g].append(extract_features(inception, [out], device))
-            n = part.pop("images")
-            for k, value in [("images", 1.0), *part.items()]:
-                sums[g][k] = sums[g].get(k, 0.0) + value * n
-    per_group = {}
-    for g in attrs.manipulated:
-        n = sums[g].pop("images", 0)
-        m = {k: v / n for k, v in sums[g].items()} if n else {}
-        m["images"] = int(n)
-        if not toy and n:
-            f = torch.cat(fake[g])
-            m["kid_subsets_x100"] = [100 * v for v in kid_subsets(real, f)]
-            m["kid_blocks_x100"] = [100 * v for v in kid_blocks(real, f)]
-            m["fid"] = fid_from_features(real, f)
-        per_group[attrs.names[g]] = m
-    scalars = [k for k, v in next(iter(per_group.values())).items() if isinstance(v, float)]
-    results.update(per_group)
-    results["mean"] = {k: sum(m[k] for m in per_group.values() if k in m) / len(per_group) for k in scalars}
-    if extra is not None:
-        extra(results)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+    manipulated images against the real test images."""
+
+    def __init__(self, args, attrs, test_set, device):
+        self.args, self.attrs, self.device, self.toy = args, attrs, device, args.data in TOY_NAMES
+        self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
+                        "manipulated": [attrs.names[g] for g in attrs.manipulated]}
+        if self.toy:
+            self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
+                                                                             args.data_root, device)
+            gallery = ToyAttr("train", args.img_size)
+            with torch.no_grad():
+                self.gallery_features = torch.cat([self.judge.features(b["image"].to(device)).float()
+                                                   for b in test_batches(gallery, args, batch_size=200)])
+            self.gallery_labels = gallery.labels.to(device)
+        else:
+            self.inception, self.results["inception"] = _inception_or_none(args, required=True)
+            self.inception = self.inception.to(device)
+            self.real = extract_features(self.inception, (b["image"] for b in test_batches(test_set, args)), device)
+            self.fake = {g: [] for g in attrs.manipulated}
+        self.sums = {g: {} for g in attrs.manipulated}
+
+    def add(self, batch, keep, group, value, target, out, attention):
+        """The images `keep` of a test batch changed to value `value` of `group`: `target` the batch's
+        target labels, `out` the manipulated images, `attention` their maps (or None)."""
+        x, target = batch["image"].to(self.device)[keep], target[keep]
+        part = {}
+        if self.toy:
+            with torch.no_grad():
+                predicted = torch.stack([logits.argmax(1) for logits in self.judge(out)], dim=1)
+                features = self.judge.features(out).float()
+            others = [k for k in range(len(self.attrs.names)) if k != group]
+            part["attribute_accuracy"] = (predicted[:, group] == value).double().mean().item()
+            part["kept_accuracy"] = (predicted[:, others] == target[:, others]).all(1).double().mean().item()
+            region = batch[TOY_ATTR_REGIONS.get(self.attrs.names[group], "mask")].to(self.device)[keep]
+            part["preserve_psnr_db"], part["preserve_l1"] = masked_psnr_l1(x, out, region)
+            if attention is not None:
+                part["attention_iou"], part["attention_pointing"] = attention_iou_pointing(attention, region)
+            nearest = torch.cdist(features, self.gallery_features).topk(30, largest=False).indices
+            hits = (self.gallery_labels[nearest] == target[:, None]).all(-1).any(-1)
+            part["retrieval_top30"] = hits.double().mean().item()
+        else:
+            self.fake[group].append(extract_features(self.inception, [out], self.device))
+        for k, v in [("images", 1.0), *part.items()]:
+            self.sums[group][k] = self.sums[group].get(k, 0.0) + v * len(x)
+
+    def summary(self):
+        """The results dict: one entry per manipulated group and their mean."""
+        per_group = {}
+        for g in self.attrs.manipulated:
+            n = self.sums[g].pop("images", 0)
+            m = {k: v / n for k, v in self.sums[g].items()} if n else {}
+            m["images"] = int(n)
+            if not self.toy and n:
+                fake = torch.cat(self.fake[g])
+                m["kid_subsets_x100"] = [100 * v for v in kid_subsets(self.real, fake)]
+                m["kid_blocks_x100"] = [100 * v for v in kid_blocks(self.real, fake)]
+                m["fid"] = fid_from_features(self.real, fake)
+            per_group[self.attrs.names[g]] = m
+        scalars = [k for k, v in next(iter(per_group.values())).items() if isinstance(v, float)]
+        self.results.update(per_group)
+        self.results["mean"] = {k: sum(m[k] for m in per_group.values() if k in m) / len(per_group) for k in scalars}
+        return self.results
+
+
+def write_metrics(out, results):
+    """<out>/metrics.json, and a small table on the console: one row per direction or attribute."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
-    print_metrics(results)
-    return results
-
-
-def print_metrics(results):
-    """A small table: one row per direction, one column per metric."""
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}
     for k, v in results.items():
         if not isinstance(v, dict):
             print(f"{k}: {v}")
     cols = sorted({c for r in rows.values() for c in r})
-    fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list) else f"{v:.4g}" if isinstance(v, float) else str(v))
+    fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list)  # noqa: E731
+                     else f"{v:.4g}" if isinstance(v, float) else str(v))
     print(" | ".join([""] + cols))
     for name, r in rows.items():
         print(" | ".join([name] + [fmt(r[c]) if c in r else "-" for c in cols]))
-
-
-# =============================================================================================
-# The README's results tables, from the runs' metrics.json: python common.py table LABEL=DIR[,DIR...] ...
-# =============================================================================================
-TWO_DOMAIN_COLUMNS = [("success", "translation_success", "{:.0%}"), ("bg PSNR dB", "background_psnr_db", "{:.2f}"),
-                      ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
-                      ("toy-KID×100", "toy_kid_blocks_x100", "{:.2f}")]
-ATTRIBUTE_COLUMNS = [("accuracy", "attribute_accuracy", "{:.1%}"), ("preserved PSNR dB", "preserve_psnr_db", "{:.2f}"),
-                     ("preserved L1", "preserve_l1", "{:.3f}"), ("others kept", "kept_accuracy", "{:.1%}"),
-                     ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
-                     ("retrieval top-30", "retrieval_top30", "{:.2f}")]
-REGION_KEYS = ("sleeve_colour_change_in_sleeves", "plain_colour_change_in_sleeves")
-
-
-def _cell(values, fmt):
-    """One run: the value; several: mean ± sample std (ddof 1) over them (for percentages in points)."""
-    percent = fmt.endswith("%}")
-    if len(values) == 1:
-        return fmt.format(values[0])
-    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
-    return fmt.format(mean) + " ± " + (fmt.replace("%", "f").format(100 * std) if percent else fmt.format(std))
-
-
-def results_table(specs):
-    """Markdown rows, one per `LABEL=DIR[,DIR...]` spec, every cell read from DIR/metrics.json (and
-    the seed from DIR/args.json); several DIRs (seeds) give mean ± std. Two-domain runs show A→B / B→A
-    per cell, attribute runs colour / sleeve (and AMGAN's region metric when present)."""
-    rows, header, header_parts = [], None, None
-    for spec in specs:
-        label, _, dirs = spec.rpartition("=")
-        if not label:
-            raise UserError(f"'{spec}': write each row as LABEL=DIR or LABEL=DIR1,DIR2 (seeds of one method)")
-        runs = []
-        for d in dirs.split(","):
-            path = os.path.join(d, "metrics.json")
-            if not os.path.exists(path):
-                raise UserError(f"{path} does not exist: run --phase eval --out {d} first")
-            with open(path) as f:
-                metrics = json.load(f)
-            with open(os.path.join(d, "args.json")) as f:
-                metrics["seed"] = json.load(f)["seed"]
-            runs.append(metrics)
-        kinds = {"a2b" in r for r in runs}
-        parts, columns = (("a2b", "b2a"), TWO_DOMAIN_COLUMNS) if "a2b" in runs[0] else (("color", "sleeve"), ATTRIBUTE_COLUMNS)
-        if len(kinds) > 1 or (header is not None and header_parts != parts):
-            raise UserError(f"'{spec}': a table holds either two-domain runs or attribute runs; make one table of each")
-        header_parts = parts
-        region = all("region" in r for r in runs)
-        names = [name for name, _, _ in columns] + (["colour change inside the sleeves: confined / plain"] if region else [])
-        if header is None:
-            header = ["method (cells: " + (" / ".join(("A→B", "B→A") if parts[0] == "a2b" else parts)) + ")", "seed"] + names
-            rows += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        cells = [label, "/".join(str(r["seed"]) for r in runs)]
-        for _, key, fmt in columns:
-            per_part = []
-            for part in parts:
-                values = [r[part].get(key) for r in runs]
-                if any(v is None for v in values):
-                    per_part.append("–")
-                    continue
-                values = [v[0] if isinstance(v, list) else v for v in values]  # KID: the estimate, not its spread
-                per_part.append(_cell(values, fmt))
-            cells.append(" / ".join(per_part))
-        if region:
-            cells.append(" / ".join(_cell([r["region"][k] for r in runs], "{:.1%}") for k in REGION_KEYS))
-        cells += ["–"] * (len(header) - len(cells))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def grid_rows(src, dst, img_size, rows):
-    """Keep `rows` (0-based) of a sample grid written by save_grid (2 px padding): the README's
-    pictures are chosen rows of a run's last samples/step_*.png, saved with a 256-colour palette
-    (no visible change; the RGB toy pictures shrank to 29-39% of their size) so that assets/ stays
-    small."""
-    grid = np.asarray(Image.open(src).convert("RGB"))
-    pitch = img_size + 2
-    if (grid.shape[0] - 2) % pitch:
-        raise UserError(f"{src} is {grid.shape[0]} px high, not a grid of {img_size} px rows with 2 px padding")
-    n_rows = (grid.shape[0] - 2) // pitch
-    if any(not 0 <= r < n_rows for r in rows):
-        raise UserError(f"{src} has rows 0..{n_rows - 1}, asked for {rows}")
-    kept = [grid[:2]] + [grid[2 + r * pitch: 2 + (r + 1) * pitch] for r in rows]
-    Image.fromarray(np.concatenate(kept)).quantize(256, dither=Image.Dither.NONE).save(dst, optimize=True)
-
-
-if __name__ == "__main__":
-    usage = ("usage: python common.py table LABEL=DIR[,DIR...] ...   (markdown rows from each run's metrics.json)\n"
-             "       python common.py rows GRID.png OUT.png IMG_SIZE ROW[,ROW...]   (keep rows of a sample grid)")
-    command = sys.argv[1] if len(sys.argv) > 1 else None
-    if command == "table" and len(sys.argv) > 2:
-        cli(lambda: print(results_table(sys.argv[2:])))
-    elif command == "rows" and len(sys.argv) == 6:
-        cli(lambda: grid_rows(sys.argv[2], sys.argv[3], int(sys.argv[4]), [int(r) for r in sys.argv[5].split(",")]))
-    else:
-        print(usage, file=sys.stderr)
-        sys.exit(2)
+    return results

@@ -5,14 +5,16 @@ Official TensorFlow code: https://github.com/AlamiMejjati/Unsupervised-Attention
 
 A CycleGAN with one attention network per domain. A_S looks at an image s of domain S and says
 where to translate it; the generator F_{S->T} translates the whole image, and only the attended
-part is kept: s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1). The way back goes through the
-target domain's attention network. From --switch_epoch on, the discriminators see only the
-attended regions (image times the binary mask A >= tau), the attention networks are frozen and
-the discriminators drop their InstanceNorm. --no_attention is the CycleGAN baseline (A = 1) of the
-paper's comparison. Phases: train, test (--input for your own images), eval, bench.
+part is kept: s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1, `compose`). The way back goes
+through the target domain's attention network. The discriminator switch (Sec. 3): from
+--switch_epoch on, the discriminators see only the attended regions (image times the binary mask
+A >= tau), the attention networks are frozen and the discriminators drop their InstanceNorm; before
+it they see whole images. --no_attention is the CycleGAN baseline (A = 1) of the paper's
+comparison. Phases: train, test (--input for your own images), eval, bench. Eq. 1 is the paper's
+numbering; the other loss comments name the paper's terms.
 
-Eq. 1 is the paper's numbering; the other loss comments name the paper's terms (their equation
-numbers could not be checked on this offline machine).
+The file reads top to bottom: networks, losses, the training step, the training loop (where the
+switch happens), sampling and test, main().
 
 Deviations from the official code:
  1. The attention network's last three convolutions are 3x3, 3x3 and 7x7 (reflect-padded), as the
@@ -34,6 +36,7 @@ Deviations from the official code:
 import argparse
 import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -43,9 +46,8 @@ import common
 
 SCRIPT = "uag"
 ARCH_FLAGS = ("img_size", "ngf", "ndf", "n_res", "no_attention", "att_kernels")
-# lr stays the paper's 1e-4: the measured toy runs (README) used it (a parser bug kept a 2e-4 here from applying)
-TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, iters=2500, sample_every=250, save_every=500, log_every=50,
-                  workers=1)
+TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, iters=2500, sample_every=250,
+                  save_every=500, log_every=50, workers=1)
 
 # =============================================================================================
 # Networks
@@ -109,9 +111,28 @@ class Generator(nn.Module):
         return self.model(x)
 
 
-def attend(attention, generated, x):
+def compose(content, attention, x):
     """s' = A(s) * F(s) + (1 - A(s)) * s (Eq. 1): the attended part from F, the rest from the input."""
-    return attention * generated + (1 - attention) * x
+    return attention * content + (1 - attention) * x
+
+
+class Translation(NamedTuple):
+    output: torch.Tensor     # s' (Eq. 1)
+    attention: torch.Tensor  # A_S(s), (N, 1, H, W) in [0, 1]
+    generated: torch.Tensor  # F_{S->T}(s), the whole image translated
+
+
+def translation(nets, x, direction, frozen_attention=False):
+    """s -> s' for direction 'a2b' or 'b2a'. A = 1 without attention nets (--no_attention); after the
+    switch the attention nets are frozen and run without a gradient."""
+    att = nets.get(f"att_{direction[0]}")
+    if att is None:
+        attention = torch.ones_like(x[:, :1])
+    else:
+        with torch.no_grad() if frozen_attention else contextlib.nullcontext():
+            attention = att(x)
+    generated = nets[f"gen_{direction}"](x)
+    return Translation(compose(generated, attention, x), attention, generated)
 
 
 def check_img_size(args):
@@ -121,151 +142,225 @@ def check_img_size(args):
 
 
 def build_networks(args):
+    """Generators F, PatchGAN discriminators and (unless --no_attention) attention nets A per domain."""
     nets = {"gen_a2b": Generator(args.ngf, args.n_res), "gen_b2a": Generator(args.ngf, args.n_res),
             "disc_a": common.PatchGAN(3, args.ndf), "disc_b": common.PatchGAN(3, args.ndf)}
     if not args.no_attention:
-        nets["att_a"], nets["att_b"] = AttentionNet(args.ngf, args.att_kernels), AttentionNet(args.ngf, args.att_kernels)
+        nets["att_a"] = AttentionNet(args.ngf, args.att_kernels)
+        nets["att_b"] = AttentionNet(args.ngf, args.att_kernels)
     for net in nets.values():
         common.init_normal(net)
     return nets
 
 
-class Translator:
-    """The forward pass s -> (s', A(s), F(s)) of one direction; A = 1 without attention nets."""
-
-    def __init__(self, run, no_grad_attention=False):
-        self.run, self.no_grad_attention = run, no_grad_attention
-
-    def attention(self, x, domain):
-        if f"att_{domain}" not in self.run:
-            return torch.ones_like(x[:, :1])
-        with torch.no_grad() if self.no_grad_attention else contextlib.nullcontext():
-            return self.run[f"att_{domain}"](x)
-
-    def __call__(self, x, direction):
-        attention = self.attention(x, direction[0])
-        generated = self.run[f"gen_{direction}"](x)
-        return attend(attention, generated, x), attention, generated
+def switch_discriminators(nets):
+    """The switch (Sec. 3): the attention nets stop learning and the discriminators drop their
+    InstanceNorm layers (which have no parameters); D sees attended regions from now on."""
+    for k in ("att_a", "att_b"):
+        nets[k].requires_grad_(False)
+    for disc in (nets["disc_a"], nets["disc_b"]):
+        disc.model = nn.Sequential(*[nn.Identity() if isinstance(m, nn.InstanceNorm2d) else m for m in disc.model])
 
 
 # =============================================================================================
-# Losses
+# Losses (LSGAN is common.lsgan: mean (x - target)^2, the official lsgan_loss_*)
 # =============================================================================================
-
-
-def lsgan(x, target):
-    """Least-squares GAN term: mean (x - target)^2 (official lsgan_loss_*)."""
-    return F.mse_loss(x, torch.full_like(x, target))
 
 
 def foreground(image, attention, tau):
-    """What the attention-guided D sees (Sec. 3): s_new = s * (A(s) >= tau). tau = 0: the whole image."""
+    """What the attention-guided D sees after the switch (Sec. 3): s_new = s * (A(s) >= tau)."""
     return image * (attention >= tau).to(image.dtype)
 
 
 # =============================================================================================
-# The training step
+# The training step: G (and attention) update, then D update on pooled fakes
 # =============================================================================================
 
 
-def make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_):
-    """Returns step(step) -> losses: G update (and A before the switch), then D update on pooled fakes."""
+def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_, switched):
+    """One iteration on a batch of each domain; `switched`: after the discriminator switch."""
     gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
     discs = [nets["disc_a"], nets["disc_b"]]
-    switch_step = args.iters * args.switch_epoch / args.epochs if not args.no_attention else float("inf")
-    decay_start = args.iters * args.decay_epoch / args.epochs
-    translator = Translator(run)
+    n = real_a.shape[0]
 
-    def switch():
-        """From the switch on: attention nets frozen, D without InstanceNorm, D sees foregrounds only."""
-        for k in ("att_a", "att_b"):
-            nets[k].requires_grad_(False)
-        for d in discs:
-            d.drop_norm()
-        translator.no_grad_attention = True
+    def seen(image, attention):
+        """What D sees of an image with attention A: the whole image before the switch, s * (A >= tau) after."""
+        return foreground(image, attention, args.tau) if switched else image
 
-    def step(it):
-        switched = it > switch_step
-        if switched and not translator.no_grad_attention:
-            switch()
-        tau = args.tau if switched else 0.0
-        lr = common.linear_decay(it, args.lr, args.iters, decay_start)
-        common.set_lr([opt_g, opt_d], lr)
-        real_a, real_b = next(batches_a), next(batches_b)
-        n = real_a.shape[0]
+    # ---------------- Generator (and attention) update ----------------
+    for d in discs:
+        d.requires_grad_(False)
+    with common.autocast(args, real_a.device):
+        # s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1)
+        fake_b, att_a, _ = translation(nets, real_a, "a2b", switched)
+        fake_a, att_b, _ = translation(nets, real_b, "b2a", switched)
+        # s'' = A_T(s') * F_{T->S}(s') + (1 - A_T(s')) * s': back through the target's attention (Sec. 3)
+        rec_a = translation(nets, fake_b, "b2a", switched).output
+        rec_b = translation(nets, fake_a, "a2b", switched).output
+        # L_adv^G (LSGAN): E_s[(D_T(s') - 1)^2]; after the switch D_T sees s' * (A_S(s) >= tau)
+        g_adv = (common.lsgan(nets["disc_b"](seen(fake_b, att_a.detach())), 1.0)
+                 + common.lsgan(nets["disc_a"](seen(fake_a, att_b.detach())), 1.0))
+        # L_cyc (cycle-consistency loss): E_s |s - s''|_1 + E_t |t - t''|_1
+        g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+        # L = L_adv + lambda_cyc L_cyc (full objective), no identity term
+        g_loss = g_adv + args.lambda_cycle * g_cycle
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    dist_.average_gradients(gens)
+    opt_g.step()
 
-        # ---------------- Generator (and attention) update ----------------
-        for d in discs:
-            d.requires_grad_(False)
-        with common.autocast(args, device):
-            # s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1)
-            fake_b, att_a, _ = translator(real_a, "a2b")
-            fake_a, att_b, _ = translator(real_b, "b2a")
-            # s'' = A_T(s') * F_{T->S}(s') + (1 - A_T(s')) * s': back through the target's attention (Sec. 3)
-            rec_a, _, _ = translator(fake_b, "b2a")
-            rec_b, _, _ = translator(fake_a, "a2b")
-            # L_adv^G (LSGAN): E_s[(D_T(s') - 1)^2]; after the switch D_T sees s' * (A_S(s) >= tau)
-            g_adv = (lsgan(run["disc_b"](foreground(fake_b, att_a.detach(), tau)), 1.0)
-                     + lsgan(run["disc_a"](foreground(fake_a, att_b.detach(), tau)), 1.0))
-            # L_cyc (cycle-consistency loss): E_s |s - s''|_1 + E_t |t - t''|_1
-            g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
-            # L = L_adv + lambda_cyc L_cyc (full objective), no identity term
-            g_loss = g_adv + args.lambda_cycle * g_cycle
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        dist_.average_gradients(gens)
-        opt_g.step()
-
-        # ---------------- Discriminator update (pooled (image, source attention) pairs) ----------------
-        for d in discs:
-            d.requires_grad_(True)
-        with common.autocast(args, device):
-            d_loss = 0.0
-            # real images are masked by their own domain's attention, fakes by their source image's
-            for domain, real, real_att, fake, fake_att in (("a", real_a, att_a, fake_a, att_b), ("b", real_b, att_b, fake_b, att_a)):
-                old_fake, old_att = pools[domain].query(fake.detach(), fake_att.detach())
-                logit = run[f"disc_{domain}"](torch.cat([foreground(real, real_att.detach(), tau),
-                                                         foreground(old_fake, old_att, tau)]))
-                # L_adv^D (LSGAN, halved as in the official code): 0.5 (E_t[(D(t) - 1)^2] + E_s[D(s')^2])
-                d_loss = d_loss + 0.5 * (lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        dist_.average_gradients(discs)
-        opt_d.step()
-        losses = {"d_loss": d_loss, "g_adv": g_adv, "g_cycle": g_cycle, "g_loss": g_loss,
-                  "attention_mean": (att_a.mean() + att_b.mean()) / 2}
-        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
-
-    return step
+    # ---------------- Discriminator update (pooled (image, source attention) pairs) ----------------
+    for d in discs:
+        d.requires_grad_(True)
+    with common.autocast(args, real_a.device):
+        d_loss = 0.0
+        # real images are masked by their own domain's attention, fakes by their source image's
+        for domain, real, real_att, fake, fake_att in (("a", real_a, att_a, fake_a, att_b),
+                                                       ("b", real_b, att_b, fake_b, att_a)):
+            old_fake, old_att = pools[domain].query(fake.detach(), fake_att.detach())
+            logit = nets[f"disc_{domain}"](torch.cat([seen(real, real_att.detach()), seen(old_fake, old_att)]))
+            # L_adv^D (LSGAN, halved as in the official code): 0.5 (E_t[(D(t) - 1)^2] + E_s[D(s')^2])
+            d_loss = d_loss + 0.5 * (common.lsgan(logit[:n], 1.0) + common.lsgan(logit[n:], 0.0))
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    dist_.average_gradients(discs)
+    opt_d.step()
+    losses = {"d_loss": d_loss, "g_adv": g_adv, "g_cycle": g_cycle, "g_loss": g_loss,
+              "attention_mean": (att_a.mean() + att_b.mean()) / 2}
+    return {k: v.detach() for k, v in losses.items()}
 
 
 # =============================================================================================
-# Phases
+# The training loop
+# =============================================================================================
+
+
+def train(args, dist_, device, nets):
+    """--phase train (and bench): optimizers, image pools, data, resume, then the loop."""
+    gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
+    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
+    opt_d = common.adam([p for d in ("disc_a", "disc_b") for p in nets[d].parameters()], args.lr, (0.5, 0.999),
+                        device)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
+    train_a, train_b = common.two_domain_train_sets(args)
+    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.epochs, dist_)
+    start_step, extra = 0, {}
+    if args.phase == "train":
+        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.resume:  # a resumed run continues with its saved pools
+        ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+        start_step, extra = ckpt["step"], ckpt["extra"]
+        for d, pool in pools.items():
+            if f"pool_{d}" in extra:
+                pool.load_state_dict(extra[f"pool_{d}"], device)
+    dist_.broadcast(nets.values())
+    batches_a = common.train_batches(train_a, args, device, dist_, start_step, seed_offset=0)
+    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    if args.resume:  # after the data streams, which draw their seeds from the global RNG
+        common.set_rng_state(ckpt["rng"])
+
+    if args.phase == "bench":  # it/s, images/s and peak memory of the training step (before the switch)
+        bench = common.Bench(args, device)
+        for _ in bench.steps():
+            losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_, False)
+        bench.report(losses)
+        return
+
+    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
+    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
+    switch_step = args.iters * args.switch_epoch / args.epochs if not args.no_attention else float("inf")
+    decay_start = args.iters * args.decay_epoch / args.epochs
+    switched = False
+    last_step = min(args.iters, args.stop_at or args.iters)
+    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    for step in range(start_step + 1, last_step + 1):
+        if step > switch_step and not switched:  # the discriminator switch (Sec. 3), also after a resume
+            switch_discriminators(nets)
+            switched = True
+        lr = common.linear_decay(step, args.lr, args.iters, decay_start)
+        common.set_lr([opt_g, opt_d], lr)
+        losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_, switched)
+        log.add(losses)
+        save = step == last_step or (args.save_every and step % args.save_every == 0)
+        if step % args.log_every == 0 or save:
+            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+        if dist_.main and args.sample_every and step % args.sample_every == 0:
+            sample_grid(args, nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
+        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        if save or interrupted:
+            log.write(step, lr)
+            if dist_.main:
+                extra = {"elapsed": log.seconds(), **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
+                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, extra)
+            log.last_saved = step
+        if interrupted:
+            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+    log.close()
+    ctrl_c.close()
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
+              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
+
+
+# =============================================================================================
+# Sampling, test and eval
 # =============================================================================================
 
 
 @torch.no_grad()
-def translate(translator, x, direction):
+def translate(nets, x, direction):
     """(output s', attention A(s)) for a batch in eval mode."""
-    out, attention, _ = translator(x, direction)
+    out, attention, _ = translation(nets, x, direction)
     return out.float(), attention.float()
 
 
 @torch.no_grad()
-def sample_grid(nets, run, path, real_a, real_b, tau):
+def sample_grid(args, nets, path, real_a, real_b):
     """Per row: input, attention A(s) (black 0, white 1), A over the input, what the attention-guided D
-    sees (s * (A >= tau)), F(s), the translation s', the cycle's attention A_T(s'), the cycle s''."""
+    sees after the switch (s * (A >= tau)), F(s), the translation s', the cycle's attention A_T(s'),
+    the cycle s''."""
     for net in nets.values():
         net.eval()
-    translator, rows = Translator(run), []
+    rows = []
     for real, fwd, back in ((real_a, "a2b", "b2a"), (real_b, "b2a", "a2b")):
-        fake, att, generated = translator(real, fwd)
-        rec, att_back, _ = translator(fake, back)
-        rows.append([real, common.grey(att), common.heat_overlay(att, real), foreground(real, att, tau),
+        fake, att, generated = translation(nets, real, fwd)
+        rec, att_back, _ = translation(nets, fake, back)
+        rows.append([real, common.grey(att), common.heat_overlay(att, real), foreground(real, att, args.tau),
                      generated, fake, common.grey(att_back), rec])
     common.save_grid(path, [torch.cat(col) for col in zip(*rows)])
     for net in nets.values():
         net.train()
+
+
+@torch.no_grad()
+def test(args, nets, device):
+    """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
+    (or the --input images)."""
+    for direction, source, _ in common.directions(args):
+        folder = os.path.join(args.out, "test", direction)
+        batches = [common.input_images(args)] if args.input else common.test_batches(
+            common.test_split(args, source), args)
+        count = 0
+        for batch in batches:
+            x = batch["image"].to(device)
+            out, attention = translate(nets, x, direction)
+            common.save_pictures(folder, batch["name"], out, attention, under=x)
+            count += len(x)
+        print(f"{direction}: {count} translations and attention maps in {folder}")
+
+
+@torch.no_grad()
+def evaluate(args, nets, device):
+    """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
+    metrics = common.TranslationMetrics(args, device)
+    for direction, source, target in common.directions(args):
+        for batch in common.test_batches(common.test_split(args, source), args):
+            metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
+        for batch in common.test_batches(common.test_split(args, target), args):
+            metrics.add_real(direction, batch)
+    metrics.write()
 
 
 def main(argv=None):
@@ -286,7 +381,8 @@ def main(argv=None):
     add("--switch_epoch", type=float, default=30,
         help="from this epoch on D sees only attended regions, the attention nets are frozen and D drops its norm")
     add("--tau", type=float, default=0.1, help="attention threshold of the attention-guided discriminator")
-    add("--no_attention", action="store_true", help="baseline: no attention nets (A = 1), i.e. CycleGAN without identity loss")
+    add("--no_attention", action="store_true",
+        help="baseline: no attention nets (A = 1), i.e. CycleGAN without identity loss")
     add("--att_kernels", default="intended", choices=["intended", "official"],
         help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
@@ -294,41 +390,22 @@ def main(argv=None):
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS)
     check_img_size(args)
 
-    dist_, device, nets, run = common.start_run(args, build_networks)
-
+    dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        common.to_device(net, device)
+        if args.compile:
+            net.compile()
     if args.phase in ("test", "eval"):
-        translator = Translator(run)
-        common.test_or_eval(args, SCRIPT, nets, lambda x, direction: translate(translator, x, direction), device)
-        return
-
-    gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
-    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
-    opt_d = common.adam([p for d in ("disc_a", "disc_b") for p in nets[d].parameters()], args.lr, (0.5, 0.999), device)
-    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
-    train_a, train_b = common.two_domain_train_sets(args)
-    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.epochs, dist_)
-    start_step, elapsed, extra, batches_a, batches_b = common.begin_training(
-        args, SCRIPT, dist_, device, nets, optimizers, train_a, train_b)
-    for d, pool in pools.items():  # a resumed run continues with its saved pools
-        if f"pool_{d}" in extra:
-            pool.load_state_dict(extra[f"pool_{d}"], device)
-    step = make_train_step(args, nets, run, opt_g, opt_d, pools, batches_a, batches_b, device, dist_)
-    if args.phase == "bench":
-        common.bench(args, device, step, (batches_a, batches_b))
-        return
-
-    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
-    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
-
-    def save(it, seconds):
-        extra = {"elapsed": seconds, **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
-        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, extra)
-
-    def sample(it):
-        sample_grid(nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b, args.tau)
-
-    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
+        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        for net in nets.values():
+            net.eval()
+        (test if args.phase == "test" else evaluate)(args, nets, device)
+    else:
+        train(args, dist_, device, nets)
+    dist_.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ beta come from an MLP; four discriminators (global and local per domain), each w
 LSGAN + CAM + cycle + identity losses. Phases: train, test (--input for your own images), eval
 (toy metrics or KID/FID), bench. Ablations: --no_cam, --no_gcam, --no_dcam, --norm.
 
+The file reads top to bottom: networks, losses (in the training step, each under its formula),
+the training step, the training loop, sampling and test, main().
+
 Deviations from the official PyTorch code (each keeps the paper's math unless it says otherwise):
  1. Weights start from N(0, 0.02) as the paper says; the official PyTorch code keeps PyTorch's
     default init (--init default gives that).
@@ -21,11 +24,15 @@ Deviations from the official PyTorch code (each keeps the paper's math unless it
     real and the fake batch under slightly different weight normalisations).
  4. D's CAM re-weights its feature maps with the spectral-normalised FC weight (the official code
     multiplies by the raw `weight_orig`, a tensor the classifier never uses).
- 5. --n_dis sets the discriminator depth (global n_dis+1 layers, local n_dis-1); the official code
+ 5. Spectral norm is torch.nn.utils.parametrizations.spectral_norm; the official code uses the
+    legacy torch.nn.utils.spectral_norm. Both make one power iteration per forward in training
+    mode, but the parametrization starts with 15 iterations when it is created (legacy: random u
+    and v) and updates u before v (legacy: v, then u).
+ 6. --n_dis sets the discriminator depth (global n_dis+1 layers, local n_dis-1); the official code
     ignores the flag and hard-codes 7 and 5, so its global D cannot take images below 96 px.
- 6. Sampling and testing run under torch.no_grad() in eval mode; D weights need no gradient in the
+ 7. Sampling and testing run under torch.no_grad() in eval mode; D weights need no gradient in the
     G update.
- 7. The ablations are our reading of the paper (its code for them was not released): --no_gcam
+ 8. The ablations are our reading of the paper (its code for them was not released): --no_gcam
     removes G's CAM (no re-weighting, no CAM loss); --no_dcam removes D's CAM (no re-weighting, no
     CAM logit); --norm replaces the decoder's AdaLIN/ILN by AdaIN/IN (adain), IN, LN or GN with
     learned affine parameters (in, ln, gn; those variants have no gamma/beta MLP).
@@ -195,7 +202,8 @@ class Discriminator(nn.Module):
             sn_layers += [self.gap_fc, self.gmp_fc]
         self.classifier = nn.Conv2d(dim, 1, 4, bias=False)
         sn_layers.append(self.classifier)
-        self.trunk = nn.Sequential(*[m for conv in convs for m in (nn.ReflectionPad2d(1), conv, nn.LeakyReLU(0.2, True))])
+        self.trunk = nn.Sequential(*[m for conv in convs
+                                     for m in (nn.ReflectionPad2d(1), conv, nn.LeakyReLU(0.2, True))])
         self.pad = nn.ReflectionPad2d(1)
         if init == "normal":
             common.init_normal(self)
@@ -207,7 +215,7 @@ class Discriminator(nn.Module):
         cam_logit = None
         if self.cam:
             w_gap, w_gmp = self.gap_fc.weight, self.gmp_fc.weight  # spectral-normalised (deviation 4)
-            cam_logit = torch.cat([F.linear(x.mean(dim=(2, 3)), w_gap), F.linear(x.amax(dim=(2, 3)), w_gmp)], dim=1)
+            cam_logit = torch.cat([F.linear(x.mean(dim=(2, 3)), w_gap), F.linear(x.amax(dim=(2, 3)), w_gmp)], 1)
             x = torch.cat([x * w_gap[:, :, None, None], x * w_gmp[:, :, None, None]], dim=1)
             x = F.leaky_relu(self.conv1x1(x), 0.2)
         heatmap = x.sum(dim=1, keepdim=True)
@@ -237,10 +245,10 @@ def check_img_size(args):
 
 
 def build_networks(args):
-    nets = {
-        "gen_a2b": Generator(args.ch, args.n_res, args.img_size, args.light, cam=not (args.no_cam or args.no_gcam), norm=args.norm),
-        "gen_b2a": Generator(args.ch, args.n_res, args.img_size, args.light, cam=not (args.no_cam or args.no_gcam), norm=args.norm),
-    }
+    """The two generators and the four discriminators (global and local per domain)."""
+    g_cam = not (args.no_cam or args.no_gcam)
+    nets = {name: Generator(args.ch, args.n_res, args.img_size, args.light, g_cam, args.norm)
+            for name in ("gen_a2b", "gen_b2a")}
     d_cam = not (args.no_cam or args.no_dcam)
     for domain in "ab":
         nets[f"disc_global_{domain}"] = Discriminator(args.ch, args.n_dis + 1, d_cam, args.init)
@@ -259,133 +267,212 @@ def clip_rho(gen):
 
 
 # =============================================================================================
-# Losses
+# Losses (LSGAN is common.lsgan: mean (x - target)^2)
 # =============================================================================================
 
 
-def lsgan(x, target):
-    """Least-squares GAN term: mean (x - target)^2."""
-    return F.mse_loss(x, torch.full_like(x, target))
-
-
 def bce(logit, target):
+    """Binary cross-entropy of logits against a constant target 1 or 0 (the generator CAM loss)."""
     return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
 
 
 # =============================================================================================
-# The training step
+# The training step: D update, then G update on the same batch (the official order)
 # =============================================================================================
 
 
-def make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device, dist_):
-    """Returns step(step) -> losses. `run` holds the (possibly compiled) callables of `nets`."""
+def train_step(args, nets, opt_g, opt_d, real_a, real_b, dist_):
+    """One iteration on a batch of each domain; returns the detached losses."""
+    gen_a2b, gen_b2a = nets["gen_a2b"], nets["gen_b2a"]
+    gens, discs = [gen_a2b, gen_b2a], [nets[k] for k in nets if k.startswith("disc")]
+    disc_pairs_a = [nets["disc_global_a"], nets["disc_local_a"]]  # judge domain A: real A vs B->A
+    disc_pairs_b = [nets["disc_global_b"], nets["disc_local_b"]]  # judge domain B: real B vs A->B
+    use_gcam, use_dcam = not (args.no_cam or args.no_gcam), not (args.no_cam or args.no_dcam)
+    n = real_a.shape[0]
+    with common.autocast(args, real_a.device):
+        # One forward per generator: its translation and its identity mapping (deviations 2, 3).
+        out_a2b, cam_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
+        out_b2a, cam_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
+    fake_a2b, fake_b2b = out_a2b[:n], out_a2b[n:]
+    fake_b2a, fake_a2a = out_b2a[:n], out_b2a[n:]
+
+    # ---------------- Discriminator update ----------------
+    for d in discs:
+        d.requires_grad_(True)
+    with common.autocast(args, real_a.device):
+        d_adv, d_cam = 0.0, 0.0
+        for disc_list, real, fake in ((disc_pairs_a, real_a, fake_b2a), (disc_pairs_b, real_b, fake_a2b)):
+            for disc in disc_list:
+                logit, cam_logit, _ = disc(torch.cat([real, fake.detach()]))
+                # L_gan^{D_t} (Sec. 2.2, LSGAN): E_{x~X_t}[(D_t(x) - 1)^2] + E_{x~X_s}[D_t(G_{s->t}(x))^2]
+                d_adv = d_adv + common.lsgan(logit[:n], 1.0) + common.lsgan(logit[n:], 0.0)
+                if use_dcam:
+                    # L_cam^{D_t} (Sec. 2.2): the same LSGAN on D's auxiliary classifier eta_{D_t}
+                    d_cam = d_cam + common.lsgan(cam_logit[:n], 1.0) + common.lsgan(cam_logit[n:], 0.0)
+        d_loss = args.adv_weight * (d_adv + d_cam)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    dist_.average_gradients(discs)
+    opt_d.step()
+
+    # ---------------- Generator update ----------------
+    for d in discs:
+        d.requires_grad_(False)
+    with common.autocast(args, real_a.device):
+        rec_a, _, _ = gen_b2a(fake_a2b)
+        rec_b, _, _ = gen_a2b(fake_b2a)
+        g_adv, g_cam_adv = 0.0, 0.0
+        for disc_list, fake in ((disc_pairs_a, fake_b2a), (disc_pairs_b, fake_a2b)):
+            for disc in disc_list:
+                logit, cam_logit, _ = disc(fake)
+                # L_gan^{s->t} (Sec. 2.2, LSGAN, G side): E_{x~X_s}[(D_t(G_{s->t}(x)) - 1)^2]
+                g_adv = g_adv + common.lsgan(logit, 1.0)
+                if use_dcam:
+                    g_cam_adv = g_cam_adv + common.lsgan(cam_logit, 1.0)
+        # L_cycle^{s->t} (Sec. 2.2): E_{x~X_s} |x - G_{t->s}(G_{s->t}(x))|_1
+        g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+        # L_identity^{s->t} (Sec. 2.2): E_{x~X_t} |x - G_{s->t}(x)|_1
+        g_identity = F.l1_loss(fake_a2a, real_a) + F.l1_loss(fake_b2b, real_b)
+        g_cam = torch.zeros((), device=real_a.device)
+        if use_gcam:
+            # L_cam^{s->t} (Sec. 2.2): -(E_{x~X_s}[log eta_s(x)] + E_{x~X_t}[log(1 - eta_s(x))]);
+            # G_{s->t}'s classifier says 1 on its source domain, 0 on target images (identity path)
+            g_cam = bce(cam_a2b[:n], 1.0) + bce(cam_a2b[n:], 0.0) + bce(cam_b2a[:n], 1.0) + bce(cam_b2a[n:], 0.0)
+        # lambda_1 L_gan + lambda_2 L_cycle + lambda_3 L_identity + lambda_4 L_cam (Sec. 2.2, full objective)
+        g_loss = (args.adv_weight * (g_adv + g_cam_adv) + args.cycle_weight * g_cycle
+                  + args.identity_weight * g_identity + args.cam_weight * g_cam)
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    dist_.average_gradients(gens)
+    opt_g.step()
+    for gen in gens:
+        clip_rho(gen)
+    losses = {"d_loss": d_loss, "g_adv": torch.as_tensor(g_adv + g_cam_adv), "g_cycle": g_cycle,
+              "g_identity": g_identity, "g_cam": g_cam, "g_loss": g_loss}
+    return {k: v.detach() for k, v in losses.items()}
+
+
+# =============================================================================================
+# The training loop
+# =============================================================================================
+
+
+def train(args, dist_, device, nets):
+    """--phase train (and bench): optimizers, data, resume, then the loop."""
     gens = [nets["gen_a2b"], nets["gen_b2a"]]
     discs = [nets[k] for k in nets if k.startswith("disc")]
-    gen_a2b, gen_b2a = run["gen_a2b"], run["gen_b2a"]
-    disc_pairs_a = [run["disc_global_a"], run["disc_local_a"]]  # judge domain A: real A vs B->A
-    disc_pairs_b = [run["disc_global_b"], run["disc_local_b"]]  # judge domain B: real B vs A->B
-    use_gcam, use_dcam = not (args.no_cam or args.no_gcam), not (args.no_cam or args.no_dcam)
+    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
+    opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
+    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
+    train_a, train_b = common.two_domain_train_sets(args)
+    start_step, extra = 0, {}
+    if args.phase == "train":
+        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.resume:
+        ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
+        start_step, extra = ckpt["step"], ckpt["extra"]
+    dist_.broadcast(nets.values())
+    batches_a = common.train_batches(train_a, args, device, dist_, start_step, seed_offset=0)
+    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    if args.resume:  # after the data streams, which draw their seeds from the global RNG
+        common.set_rng_state(ckpt["rng"])
 
-    def step(it):
-        lr = common.linear_decay(it, args.lr, args.iters, args.iters // 2 if args.decay else args.iters)
+    if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
+        bench = common.Bench(args, device)
+        for _ in bench.steps():
+            losses = train_step(args, nets, opt_g, opt_d, next(batches_a), next(batches_b), dist_)
+        bench.report(losses)
+        return
+
+    # fixed sample images: the first four training images of each domain
+    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
+    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
+    decay_start = args.iters // 2 if args.decay else args.iters
+    last_step = min(args.iters, args.stop_at or args.iters)
+    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    for step in range(start_step + 1, last_step + 1):
+        lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
-        real_a, real_b = next(batches_a), next(batches_b)
-        n = real_a.shape[0]
-        with common.autocast(args, device):
-            # One forward per generator: its translation and its identity mapping (deviations 2, 3).
-            out_a2b, cam_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
-            out_b2a, cam_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
-        fake_a2b, fake_b2b = out_a2b[:n], out_a2b[n:]
-        fake_b2a, fake_a2a = out_b2a[:n], out_b2a[n:]
-
-        # ---------------- Discriminator update ----------------
-        for d in discs:
-            d.requires_grad_(True)
-        with common.autocast(args, device):
-            d_adv, d_cam = 0.0, 0.0
-            for disc_list, real, fake in ((disc_pairs_a, real_a, fake_b2a), (disc_pairs_b, real_b, fake_a2b)):
-                for disc in disc_list:
-                    logit, cam_logit, _ = disc(torch.cat([real, fake.detach()]))
-                    # L_gan^{D_t} (Sec. 2.2, LSGAN): E_{x~X_t}[(D_t(x) - 1)^2] + E_{x~X_s}[D_t(G_{s->t}(x))^2]
-                    d_adv = d_adv + lsgan(logit[:n], 1.0) + lsgan(logit[n:], 0.0)
-                    if use_dcam:
-                        # L_cam^{D_t} (Sec. 2.2): the same LSGAN on D's auxiliary classifier eta_{D_t}
-                        d_cam = d_cam + lsgan(cam_logit[:n], 1.0) + lsgan(cam_logit[n:], 0.0)
-            d_loss = args.adv_weight * (d_adv + d_cam)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        dist_.average_gradients(discs)
-        opt_d.step()
-
-        # ---------------- Generator update ----------------
-        for d in discs:
-            d.requires_grad_(False)
-        with common.autocast(args, device):
-            rec_a, _, _ = gen_b2a(fake_a2b)
-            rec_b, _, _ = gen_a2b(fake_b2a)
-            g_adv, g_cam_adv = 0.0, 0.0
-            for disc_list, fake in ((disc_pairs_a, fake_b2a), (disc_pairs_b, fake_a2b)):
-                for disc in disc_list:
-                    logit, cam_logit, _ = disc(fake)
-                    # L_gan^{s->t} (Sec. 2.2, LSGAN, G side): E_{x~X_s}[(D_t(G_{s->t}(x)) - 1)^2]
-                    g_adv = g_adv + lsgan(logit, 1.0)
-                    if use_dcam:
-                        g_cam_adv = g_cam_adv + lsgan(cam_logit, 1.0)
-            # L_cycle^{s->t} (Sec. 2.2): E_{x~X_s} |x - G_{t->s}(G_{s->t}(x))|_1
-            g_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
-            # L_identity^{s->t} (Sec. 2.2): E_{x~X_t} |x - G_{s->t}(x)|_1
-            g_identity = F.l1_loss(fake_a2a, real_a) + F.l1_loss(fake_b2b, real_b)
-            g_cam = torch.zeros((), device=device)
-            if use_gcam:
-                # L_cam^{s->t} (Sec. 2.2): -(E_{x~X_s}[log eta_s(x)] + E_{x~X_t}[log(1 - eta_s(x))]);
-                # G_{s->t}'s classifier says 1 on its source domain, 0 on target images (identity path)
-                g_cam = (bce(cam_a2b[:n], 1.0) + bce(cam_a2b[n:], 0.0)
-                         + bce(cam_b2a[:n], 1.0) + bce(cam_b2a[n:], 0.0))
-            # lambda_1 L_gan + lambda_2 L_cycle + lambda_3 L_identity + lambda_4 L_cam (Sec. 2.2, full objective)
-            g_loss = (args.adv_weight * (g_adv + g_cam_adv) + args.cycle_weight * g_cycle
-                      + args.identity_weight * g_identity + args.cam_weight * g_cam)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        dist_.average_gradients(gens)
-        opt_g.step()
-        for gen in gens:
-            clip_rho(gen)
-        losses = {"d_loss": d_loss, "g_adv": torch.as_tensor(g_adv + g_cam_adv), "g_cycle": g_cycle,
-                  "g_identity": g_identity, "g_cam": g_cam, "g_loss": g_loss}
-        # detached device tensors: the loop averages them without a host sync per step
-        return {**{k: v.detach() for k, v in losses.items()}, "lr": lr}
-
-    return step
+        losses = train_step(args, nets, opt_g, opt_d, next(batches_a), next(batches_b), dist_)
+        log.add(losses)
+        save = step == last_step or (args.save_every and step % args.save_every == 0)
+        if step % args.log_every == 0 or save:
+            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+        if dist_.main and args.sample_every and step % args.sample_every == 0:
+            sample_grid(nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
+        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        if save or interrupted:
+            log.write(step, lr)
+            if dist_.main:
+                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, {"elapsed": log.seconds()})
+            log.last_saved = step
+        if interrupted:
+            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+    log.close()
+    ctrl_c.close()
+    dist_.check_replicas(nets.values())
+    if dist_.main:
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
+              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
 
 
 # =============================================================================================
-# Phases
+# Sampling, test and eval
 # =============================================================================================
 
 
 @torch.no_grad()
-def translate(run, x, direction):
+def translate(nets, x, direction):
     """(output, attention heatmap) for a batch in eval mode; direction 'a2b' or 'b2a'."""
-    out, _, heatmap = run[f"gen_{direction}"](x)
+    out, _, heatmap = nets[f"gen_{direction}"](x)
     return out.float(), heatmap.float()
 
 
 @torch.no_grad()
-def sample_grid(args, nets, run, path, real_a, real_b):
+def sample_grid(nets, path, real_a, real_b):
     """Per row: real, heatmap(identity), identity, heatmap(translation), translation,
     heatmap(cycle), cycle; A->B rows first, then B->A rows (the official sample layout)."""
     for net in nets.values():
         net.eval()
     rows = []
     for real, fwd, back in ((real_a, "a2b", "b2a"), (real_b, "b2a", "a2b")):
-        same, same_map = translate(run, real, back)     # the generator into the real image's own domain
-        fake, fake_map = translate(run, real, fwd)
-        cyc, cyc_map = translate(run, fake, back)
+        same, same_map = translate(nets, real, back)  # the generator into the real image's own domain
+        fake, fake_map = translate(nets, real, fwd)
+        cyc, cyc_map = translate(nets, fake, back)
         rows.append([real, common.heat_overlay(same_map, real), same, common.heat_overlay(fake_map, real), fake,
                      common.heat_overlay(cyc_map, fake), cyc])
     common.save_grid(path, [torch.cat(col) for col in zip(*rows)])
     for net in nets.values():
         net.train()
+
+
+@torch.no_grad()
+def test(args, nets, device):
+    """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
+    (or the --input images)."""
+    for direction, source, _ in common.directions(args):
+        folder = os.path.join(args.out, "test", direction)
+        batches = [common.input_images(args)] if args.input else common.test_batches(
+            common.test_split(args, source), args)
+        count = 0
+        for batch in batches:
+            x = batch["image"].to(device)
+            out, heatmap = translate(nets, x, direction)
+            common.save_pictures(folder, batch["name"], out, heatmap, under=x)
+            count += len(x)
+        print(f"{direction}: {count} translations and attention maps in {folder}")
+
+
+@torch.no_grad()
+def evaluate(args, nets, device):
+    """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
+    metrics = common.TranslationMetrics(args, device)
+    for direction, source, target in common.directions(args):
+        for batch in common.test_batches(common.test_split(args, source), args):
+            metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
+        for batch in common.test_batches(common.test_split(args, target), args):
+            metrics.add_real(direction, batch)
+    metrics.write()
 
 
 def main(argv=None):
@@ -419,36 +506,22 @@ def main(argv=None):
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
     check_img_size(args)
 
-    dist_, device, nets, run = common.start_run(args, build_networks)
-
+    dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
+    device = common.pick_device(args, dist_.local_rank)
+    common.seed_everything(args.seed)
+    nets = build_networks(args)
+    for net in nets.values():
+        common.to_device(net, device)
+        if args.compile:
+            net.compile()
     if args.phase in ("test", "eval"):
-        common.test_or_eval(args, SCRIPT, nets, lambda x, direction: translate(run, x, direction), device)
-        return
-
-    gens = [nets["gen_a2b"], nets["gen_b2a"]]
-    discs = [nets[k] for k in nets if k.startswith("disc")]
-    opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
-    opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
-    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    train_a, train_b = common.two_domain_train_sets(args)
-    start_step, elapsed, _, batches_a, batches_b = common.begin_training(
-        args, SCRIPT, dist_, device, nets, optimizers, train_a, train_b)
-    step = make_train_step(args, nets, run, opt_g, opt_d, batches_a, batches_b, device, dist_)
-    if args.phase == "bench":
-        common.bench(args, device, step, (batches_a, batches_b))
-        return
-
-    # fixed sample images: the first four training images of each domain
-    sample_a = torch.stack([train_a[i]["image"] for i in range(4)]).to(device)
-    sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
-
-    def save(it, seconds):
-        common.save_checkpoint(args.ckpt, SCRIPT, args, it, nets, optimizers, {"elapsed": seconds})
-
-    def sample(it):
-        sample_grid(args, nets, run, os.path.join(args.out, "samples", f"step_{it:07d}.png"), sample_a, sample_b)
-
-    common.finish_training(args, SCRIPT, dist_, nets, step, save, sample, start_step, elapsed)
+        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        for net in nets.values():
+            net.eval()
+        (test if args.phase == "test" else evaluate)(args, nets, device)
+    else:
+        train(args, dist_, device, nets)
+    dist_.close()
 
 
 if __name__ == "__main__":

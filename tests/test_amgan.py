@@ -34,9 +34,9 @@ def test_output_is_the_input_where_attention_is_zero_and_z_where_it_is_one():
     x, z = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     a = torch.zeros(2, 1, 8, 8)
     a[..., :3] = 1
-    out = amgan.compose(a, z, x)
+    out = amgan.compose(z, a, x)
     assert torch.equal(out[..., 3:], x[..., 3:]) and torch.equal(out[..., :3], z[..., :3])
-    assert torch.allclose(amgan.compose(torch.full_like(a, 0.3), z, x), 0.3 * z + 0.7 * x)
+    assert torch.allclose(amgan.compose(z, torch.full_like(a, 0.3), x), 0.3 * z + 0.7 * x)
 
 
 def test_generator_heads_and_the_composed_output():
@@ -236,9 +236,9 @@ def test_region_is_the_sleeveless_attention_cut_at_the_threshold():
     a1 = torch.tensor([0.2, 0.89, 0.9, 0.97]).view(1, 1, 2, 2)
     calls = []
 
-    def fake_manipulator(x, labels, target, r):
-        calls.append((target.tolist(), r))
-        return x, a1, x, a1
+    def fake_manipulator(x, labels, target, group):
+        calls.append((target.tolist(), group))
+        return amgan.Manipulation(x, a1, x, a1)
 
     regions = amgan.RegionManipulator(attrs, fake_manipulator, "sleeve=sleeveless", 0.9)
     region = regions.region(torch.zeros(1, 3, 2, 2), torch.tensor([[1, 2, 0, 1]]))

@@ -128,7 +128,7 @@ def test_labels_csv_dataset_splits_a_tenth_for_testing_and_selects_attrs(tmp_pat
     _, train = common.attribute_data(celeba_args(tmp_path, attrs="sleeve,color"), "train")
     assert len(test) == 3 and len(train) == 27 and not set(test.files) & set(train.files)
     assert attrs.names == ["color", "sleeve", "category"] and attrs.manipulated == [1, 0]
-    assert attrs.c_dim == 2 + 3 and attrs.slices == [slice(0, 2), slice(2, 5)]
+    assert attrs.c_dim == 2 + 3 and attrs.slices == {1: slice(0, 2), 0: slice(2, 5)}
 
 
 # ---------------------------------------------------------------------------------------------

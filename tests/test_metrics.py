@@ -330,38 +330,3 @@ def test_attention_half_of_the_mask():
     mask[..., 8:24, 8:24] = 1
     attention[..., 8:24, 8:16] = 1
     assert attention_iou_pointing(attention, mask) == (pytest.approx(0.5), 1.0)
-
-
-def _fake_run(folder, seed, success_a2b, psnr_b2a, kid):
-    os.makedirs(folder)
-    part = {"translation_success": success_a2b, "background_psnr_db": 20.0, "attention_iou": 0.5,
-            "attention_pointing": 1.0, "toy_kid_blocks_x100": [kid, 0.1]}
-    with open(os.path.join(folder, "metrics.json"), "w") as f:
-        json.dump({"data": "toy", "a2b": part, "b2a": {**part, "background_psnr_db": psnr_b2a}}, f)
-    with open(os.path.join(folder, "args.json"), "w") as f:
-        json.dump({"seed": seed}, f)
-    return str(folder)
-
-
-def test_results_table_reads_metrics_and_averages_seeds(tmp_path):
-    one = _fake_run(tmp_path / "s0", 0, 1.0, 18.0, 2.0)
-    two = _fake_run(tmp_path / "s1", 1, 0.5, 22.0, 4.0)
-    lines = common.results_table([f"M (`python x.py`)={one},{two}", f"only seed 0={one}"]).splitlines()
-    assert lines[0].startswith("| method (cells: A→B / B→A) | seed | success | bg PSNR dB")
-    mean_row = lines[2].split(" | ")
-    # success A->B: mean 75%, sample std 35.4 points; B->A identical runs: std 0
-    assert mean_row[1] == "0/1" and mean_row[2] == "75% ± 35 / 75% ± 35"
-    assert mean_row[3] == "20.00 ± 0.00 / 20.00 ± 2.83"
-    assert mean_row[6].startswith("3.00 ± 1.41 / 3.00 ± 1.41")  # toy-KID: the estimate, not its spread
-    assert lines[3].split(" | ")[2] == "100% / 100%"
-    with pytest.raises(common.UserError, match="does not exist"):
-        common.results_table([f"x={tmp_path / 'missing'}"])
-    attribute_run = tmp_path / "attr"
-    os.makedirs(attribute_run)
-    with open(attribute_run / "metrics.json", "w") as f:
-        json.dump({"color": {"attribute_accuracy": 1.0}, "sleeve": {"attribute_accuracy": 0.5}}, f)
-    with open(attribute_run / "args.json", "w") as f:
-        json.dump({"seed": 0}, f)
-    assert "100.0% / 50.0%" in common.results_table([f"a={attribute_run}"])
-    with pytest.raises(common.UserError, match="either two-domain runs or attribute runs"):
-        common.results_table([f"two-domain={one}", f"attribute={attribute_run}"])

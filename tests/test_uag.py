@@ -44,9 +44,9 @@ def test_output_is_input_where_attention_is_zero_and_generator_where_one():
     x, generated = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     attention = torch.zeros(2, 1, 8, 8)
     attention[..., :4] = 1
-    out = uag.attend(attention, generated, x)
+    out = uag.compose(generated, attention, x)
     assert torch.equal(out[..., 4:], x[..., 4:]) and torch.equal(out[..., :4], generated[..., :4])
-    half = uag.attend(torch.full_like(attention, 0.25), generated, x)
+    half = uag.compose(generated, torch.full_like(attention, 0.25), x)
     assert torch.allclose(half, 0.25 * generated + 0.75 * x)
 
 
@@ -57,10 +57,10 @@ def test_foreground_is_the_image_times_the_binary_mask():
     assert torch.equal(uag.foreground(image, attention, 0.0), image)
 
 
-def make_step(tmp_path, data_root, iters, switch_epoch, no_attention=False):
+def make_step(tmp_path, data_root, no_attention=False):
+    """uag.train_step on fixed toy batches: step(switched) runs the next one."""
     args = argparse.Namespace(img_size=32, ngf=4, ndf=4, n_res=1, no_attention=no_attention, att_kernels="intended",
-                              iters=iters, epochs=100, switch_epoch=switch_epoch, decay_epoch=50, tau=0.1,
-                              lr=1e-3, lambda_cycle=10.0, amp=False, batch_size=2, data="toy", seed=0)
+                              tau=0.1, lr=1e-3, lambda_cycle=10.0, amp=False)
     torch.manual_seed(0)
     nets = uag.build_networks(args)
     gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
@@ -72,9 +72,8 @@ def make_step(tmp_path, data_root, iters, switch_epoch, no_attention=False):
     batches = {d: iter([torch.stack([toy[d][i]["image"] for i in range(j, j + 2)]) for j in range(0, 20, 2)])
                for d in "AB"}
     dist_ = common.Dist("cpu")
-    step = uag.make_train_step(args, nets, dict(nets), opt_g, opt_d, pools, batches["A"], batches["B"],
-                               torch.device("cpu"), dist_)
-    return nets, step
+    return nets, lambda switched: uag.train_step(args, nets, opt_g, opt_d, pools, next(batches["A"]),
+                                                 next(batches["B"]), dist_, switched)
 
 
 def record_inputs(module, store):
@@ -82,17 +81,18 @@ def record_inputs(module, store):
 
 
 def test_discriminator_sees_masked_images_after_the_switch_and_attention_is_frozen(tmp_path, data_root):
-    nets, step = make_step(tmp_path, data_root, iters=4, switch_epoch=50)  # switch after step 2
+    nets, step = make_step(tmp_path, data_root)
     seen = []
     hook = record_inputs(nets["disc_b"], seen)
-    step(1)
+    step(False)
     assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in nets["disc_b"].modules())
     whole = seen[-1]  # D update input [real B, fake B]: whole images, nothing zeroed out
     assert (whole == 0).float().mean() < 0.01
-    step(2)
+    step(False)
     att_before = {k: v.clone() for k, v in nets["att_a"].state_dict().items()}
+    uag.switch_discriminators(nets)
     seen.clear()
-    step(3)
+    step(True)
     assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in nets["disc_b"].modules())
     assert not any(p.requires_grad for p in nets["att_a"].parameters())
     for k, v in nets["att_a"].state_dict().items():
@@ -107,16 +107,15 @@ def test_discriminator_sees_masked_images_after_the_switch_and_attention_is_froz
 
 
 def test_no_attention_is_the_cyclegan_baseline(tmp_path, data_root):
-    nets, step = make_step(tmp_path, data_root, iters=4, switch_epoch=0, no_attention=True)
+    nets, step = make_step(tmp_path, data_root, no_attention=True)
     assert "att_a" not in nets
     seen = []
     record_inputs(nets["disc_a"], seen)
-    losses = step(1)
-    step(2)
+    losses = step(False)
+    step(False)
     assert losses["attention_mean"].item() == 1.0
-    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in nets["disc_a"].modules())  # never switches
     assert (seen[-1] == 0).float().mean() < 0.01
-    out, att, generated = uag.Translator(nets)(torch.rand(1, 3, 32, 32), "a2b")
+    out, att, generated = uag.translation(nets, torch.rand(1, 3, 32, 32), "a2b")
     assert torch.equal(out, generated) and torch.equal(att, torch.ones_like(att))
 
 
@@ -154,9 +153,13 @@ def test_resume_across_the_switch_gives_identical_weights(tmp_path, data_root):
     argv = ["--iters", "6", "--switch_epoch", "50", "--data_root", data_root, "--pool_size", "3", *TINY]
     uag.main(["--out", full, *argv])
     uag.main(["--out", split, "--stop_at", "2", *argv])  # stops before the switch (after step 3)
+    uag.main(["--out", split, "--resume", "--stop_at", "4", "--data_root", data_root, "--workers", "0"])
+    attention_at_4 = torch.load(os.path.join(split, "ckpt.pt"), weights_only=True)["models"]["att_a"]
     uag.main(["--out", split, "--resume", "--data_root", data_root, "--workers", "0"])
     a, _ = same_checkpoint_weights(os.path.join(full, "ckpt.pt"), os.path.join(split, "ckpt.pt"))
     assert a["step"] == 6
+    for k, v in a["models"]["att_a"].items():  # the loop switched after step 3: attention frozen from step 4 on
+        assert torch.equal(v, attention_at_4[k]), k
 
 
 def test_bad_image_size_exits_2(tmp_path):

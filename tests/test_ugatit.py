@@ -281,17 +281,6 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     assert result["img_size"] == 32 and result["it_s"] > 0 and result["img_s"] == pytest.approx(result["it_s"])
     assert result["peak_mem_mb"] > 0 and result["device"].startswith("cpu")
     assert not os.path.exists(tmp_path / "b" / "ckpt.pt")
-    # the loader alone, both domains' streams: images per second delivered vs consumed by the step
-    assert result["loader_img_s"] > 0 and result["step_img_s"] == pytest.approx(2 * result["img_s"], rel=0.05)
-    assert "ops_per_step" not in result
-
-
-def test_bench_profile_counts_the_operators_of_a_step(tmp_path, data_root, capsys):
-    ugatit.main(["--phase", "bench", "--profile", "--out", str(tmp_path / "b"), "--data_root", data_root, *TINY])
-    captured = capsys.readouterr()
-    result = json.loads([l for l in captured.out.splitlines() if l.startswith("{")][-1])
-    assert 1000 < result["ops_per_step"] < 20000  # 4 generator passes, 8 D passes, their backward, Adam
-    assert "convolution" in captured.err  # the profiler's operator table
 
 
 def test_eval_on_a_folder_dataset_computes_kid_and_fid(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Not a test (pytest does not collect it) and no official code: it imports a local checkout you give it.
+"""A timing harness (docs/speed.md), and no official code: it imports a local checkout you give it.
 Time the official StarGAN training iteration (yunjey/stargan Solver.train, unchanged) on random
 tensors, the way `--phase bench` times ours: 3 warm-up iterations, then 10 timed ones (2 G updates).
 Usage: python bench_official_stargan.py PATH_TO_STARGAN_CHECKOUT [img_size] [batch]"""

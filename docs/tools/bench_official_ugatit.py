@@ -1,9 +1,9 @@
-"""Not a test (pytest does not collect it) and no official code: it imports a local checkout you give it.
+"""A timing harness (docs/speed.md), and no official code: it imports a local checkout you give it.
 Time the official U-GAT-IT training iteration (znxlwm/UGATIT-pytorch UGATIT.train, unchanged) on
 random tensors, the way `--phase bench` times ours: 3 warm-up iterations, then 10 timed ones.
 Shims for API rot only: the official loop calls iterator.next() (gone from DataLoader iterators).
-It also counts the aten operators the second (warm-up) iteration dispatches, as `--phase bench
---profile` does for ours (ops_per_step).
+It also counts the aten operators the second (warm-up) iteration dispatches, as docs/tools/profile_step.py
+does for ours (ops_per_step).
 Usage: python bench_official_ugatit.py PATH_TO_UGATIT_CHECKOUT IMG_SIZE light|full [ch] [n_res]"""
 import argparse
 import json
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import OpCounter  # noqa: E402  (ours: counts dispatched operators)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_step import OpCounter  # noqa: E402  (ours: counts dispatched operators)
 
 repo, size, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ch = int(sys.argv[4]) if len(sys.argv) > 4 else 64
