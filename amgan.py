@@ -76,19 +76,63 @@ TOY_PRESET = dict(img_size=64, conv_dim=16, d_conv_dim=16, n_res=6, d_layers=5, 
 # =============================================================================================
 
 
+class ResidualBlock(nn.Module):
+    """x + [conv3, IN, ReLU, conv3, IN](x): zero padding, no conv bias, InstanceNorm with affine parameters."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.InstanceNorm2d(dim, affine=True),
+                                   nn.ReLU(True), nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+                                   nn.InstanceNorm2d(dim, affine=True))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
 class Generator(nn.Module):
-    """StarGAN's generator on [image, tiled manipulation code] with two heads: the image head z
-    (conv7 -> 3, tanh) and the attention head a (conv7 -> 1, sigmoid). Returns (z, a)."""
+    """StarGAN's generator on [image, manipulation code tiled over the image] (conv7 -> conv_dim, two
+    conv4 stride-2 downsamplings, n_res residual blocks, two ConvT4 stride-2 upsamplings; no conv
+    bias, InstanceNorm with affine parameters, ReLU) with two heads: the image head z (conv7 -> 3,
+    tanh) and the attention head a (conv7 -> 1, sigmoid). Returns (z, a)."""
 
     def __init__(self, code_dim, conv_dim=64, n_res=6):
         super().__init__()
-        self.body = common.star_generator_body(3 + code_dim, conv_dim, n_res)
+        norm = lambda ch: nn.InstanceNorm2d(ch, affine=True)  # noqa: E731
+        layers, ch = [nn.Conv2d(3 + code_dim, conv_dim, 7, 1, 3, bias=False), norm(conv_dim), nn.ReLU(True)], conv_dim
+        for _ in range(2):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm(ch * 2), nn.ReLU(True)]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(n_res)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), norm(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        self.body = nn.Sequential(*layers)
         self.image_head = nn.Sequential(nn.Conv2d(conv_dim, 3, 7, 1, 3, bias=False), nn.Tanh())
         self.attention_head = nn.Sequential(nn.Conv2d(conv_dim, 1, 7, 1, 3, bias=False), nn.Sigmoid())
 
     def forward(self, x, code):
-        features = self.body(common.tile_labels(x, code))
+        code = code.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        features = self.body(torch.cat([x, code], dim=1))
         return self.image_head(features), self.attention_head(features)
+
+
+class Discriminator(nn.Module):
+    """StarGAN's D: n_layers x [conv4 stride 2, LeakyReLU 0.01], channels doubling from conv_dim, no
+    normalisation; out_src conv3 -> a patch of real/fake scores, out_cls a conv over the whole last
+    map -> c_dim attribute logits. Returns (src, cls)."""
+
+    def __init__(self, img_size=128, conv_dim=64, c_dim=5, n_layers=6):
+        super().__init__()
+        chans = [3] + [conv_dim * 2 ** i for i in range(n_layers)]
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.01))
+                                    for a, b in zip(chans[:-1], chans[1:]))
+        self.out_src = nn.Conv2d(chans[-1], 1, 3, 1, 1, bias=False)
+        self.out_cls = nn.Conv2d(chans[-1], c_dim, img_size // 2 ** n_layers, bias=False)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.out_src(x), self.out_cls(x).flatten(1)
 
 
 def compose(content, attention, x):
@@ -162,9 +206,9 @@ def build_networks(args, attrs):
     layers, on crops (absent under --no_dc). Both Ds classify the N attribute values."""
     n, m = attrs.c_dim, len(attrs.manipulated)
     nets = {"gen": Generator(n + m, args.conv_dim, args.n_res),
-            "disc_image": common.StarDiscriminator(args.img_size, args.d_conv_dim, n, args.d_layers)}
+            "disc_image": Discriminator(args.img_size, args.d_conv_dim, n, args.d_layers)}
     if not args.no_dc:
-        nets["disc_crop"] = common.StarDiscriminator(args.img_size // 2, args.d_conv_dim, n, args.d_layers - 2)
+        nets["disc_crop"] = Discriminator(args.img_size // 2, args.d_conv_dim, n, args.d_layers - 2)
     return nets
 
 
@@ -378,6 +422,29 @@ def random_targets(attrs, labels, group, generator):
     return attrs.set_value(labels, group, (labels[:, group] + shift) % k)
 
 
+def gradient_penalty(disc, real, fake):
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x~ D_src(x~)||_2 - 1)^2] at x~ = a real + (1 - a) fake,
+    a ~ U(0, 1) per image; differentiable with respect to D (create_graph)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    grad, = torch.autograd.grad(disc(x_hat)[0].float().sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def classification_loss(attrs, logits, labels):
+    """The cross-entropy of each attribute block of logits against its value, summed over the
+    manipulated attributes (binary attributes: BCE-with-logits summed, averaged over the images)."""
+    loss = logits.new_zeros(()).float()
+    for g, columns in attrs.slices.items():
+        block = logits[:, columns].float()
+        if attrs.binary[g]:
+            loss = loss + F.binary_cross_entropy_with_logits(block, labels[:, g:g + 1].float(), reduction="sum") \
+                / len(block)
+        else:
+            loss = loss + F.cross_entropy(block, labels[:, g])
+    return loss
+
+
 def critic_losses(disc, real, fake, labels, attrs):
     """One discriminator's terms on a (real, fake) pair: (adversarial, gradient penalty, classification
     of the real images)."""
@@ -385,9 +452,9 @@ def critic_losses(disc, real, fake, labels, attrs):
     n = len(real)
     # L_adv^D = -E[D_src(x_d)] + E[D_src(x*_d)] (+ lambda_gp E[(||grad D_src(x~_d)||_2 - 1)^2] below) (Eq. 2)
     adv = -src[:n].mean() + src[n:].mean()
-    gp = common.gradient_penalty(disc, real, fake)
+    gp = gradient_penalty(disc, real, fake)
     # L_cls^D = E[-log D_cls(m'|x_d)]: the real image's original values, CE per attribute block (Eq. 3)
-    cls_real = common.attribute_classification_loss(attrs, cls[:n], labels)
+    cls_real = classification_loss(attrs, cls[:n], labels)
     return adv, gp, cls_real
 
 
@@ -446,11 +513,11 @@ def train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, batch, step, 
         # L_adv^G = -E[D_src(x*_d)] (Eq. 5)
         g_adv = -src.mean()
         # L_cls^G = E[-log D_cls(m|x*_d)]: the target values (Eq. 6)
-        g_cls = common.attribute_classification_loss(attrs, cls, target)
+        g_cls = classification_loss(attrs, cls, target)
         if "disc_crop" in nets:
             src_c, cls_c = nets["disc_crop"](crop(fake, largest_region_boxes(mask), half))
             g_adv = g_adv - src_c.mean()
-            g_cls = g_cls + common.attribute_classification_loss(attrs, cls_c, target)
+            g_cls = g_cls + classification_loss(attrs, cls_c, target)
         # L_cyc = E[|x_I - G(G(x_I, m), m*)|_1] (Eq. 7)
         g_cycle = F.l1_loss(rec, x)
         losses.update(g_adv=g_adv, g_cls=g_cls, g_cycle=g_cycle)

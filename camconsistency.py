@@ -64,16 +64,64 @@ TOY_PRESET = dict(img_size=64, conv_dim=16, n_res=3, d_conv_dim=16, d_layers=5, 
 # =============================================================================================
 
 
+class ResidualBlock(nn.Module):
+    """x + [conv3, IN, ReLU, conv3, IN](x): zero padding, no conv bias, InstanceNorm with affine parameters."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.InstanceNorm2d(dim, affine=True),
+                                   nn.ReLU(True), nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+                                   nn.InstanceNorm2d(dim, affine=True))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
 class Generator(nn.Module):
-    """StarGAN's G: [x, c tiled] -> the StarGAN body -> conv7 -> tanh."""
+    """StarGAN's G on [x, c tiled over the image]: conv7 -> conv_dim, two conv4 stride-2 downsamplings,
+    n_res residual blocks, two ConvT4 stride-2 upsamplings (no conv bias, InstanceNorm with affine
+    parameters, ReLU), conv7 -> 3, tanh."""
 
     def __init__(self, c_dim, conv_dim=64, n_res=6):
         super().__init__()
-        self.body = common.star_generator_body(3 + c_dim, conv_dim, n_res)
+        norm = lambda ch: nn.InstanceNorm2d(ch, affine=True)  # noqa: E731
+        layers, ch = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), norm(conv_dim), nn.ReLU(True)], conv_dim
+        for _ in range(2):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm(ch * 2), nn.ReLU(True)]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(n_res)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), norm(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        self.body = nn.Sequential(*layers)
         self.to_image = nn.Sequential(nn.Conv2d(conv_dim, 3, 7, 1, 3, bias=False), nn.Tanh())
 
     def forward(self, x, c):
-        return self.to_image(self.body(common.tile_labels(x, c)))
+        c = c.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])  # the labels tiled over the image
+        return self.to_image(self.body(torch.cat([x, c], dim=1)))
+
+
+class Discriminator(nn.Module):
+    """StarGAN's D: n_layers x [conv4 stride 2, LeakyReLU 0.01], channels doubling from conv_dim, no
+    normalisation; out_src conv3 -> a patch of real/fake scores, out_cls a conv over the whole last
+    map -> c_dim attribute logits."""
+
+    def __init__(self, img_size=128, conv_dim=64, c_dim=5, n_layers=6):
+        super().__init__()
+        chans = [3] + [conv_dim * 2 ** i for i in range(n_layers)]
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.01))
+                                    for a, b in zip(chans[:-1], chans[1:]))
+        self.out_src = nn.Conv2d(chans[-1], 1, 3, 1, 1, bias=False)
+        self.out_cls = nn.Conv2d(chans[-1], c_dim, img_size // 2 ** n_layers, bias=False)
+
+    def forward(self, x, feature_layer=None):
+        """-> (src, cls), or (src, cls, the feature map after block `feature_layer`) (1-based)."""
+        feature = None
+        for k, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            feature = x if k == feature_layer else feature
+        src, cls = self.out_src(x), self.out_cls(x).flatten(1)
+        return (src, cls) if feature_layer is None else (src, cls, feature)
 
 
 def default_cam_layer(img_size, d_layers):
@@ -96,11 +144,11 @@ def check_args(args):
 def build_networks(args, attrs):
     """StarGAN's G and D (D with an attribute classifier over the c_dim label columns)."""
     return {"gen": Generator(attrs.c_dim, args.conv_dim, args.n_res),
-            "disc": common.StarDiscriminator(args.img_size, args.d_conv_dim, attrs.c_dim, args.d_layers)}
+            "disc": Discriminator(args.img_size, args.d_conv_dim, attrs.c_dim, args.d_layers)}
 
 
 # =============================================================================================
-# Grad-CAM and the CAM-consistency losses
+# Grad-CAM and the losses: CAM-consistency, StarGAN's gradient penalty and classification
 # =============================================================================================
 
 
@@ -131,6 +179,30 @@ def cam_consistency_d(cam, real, fake):
     return ((1 - cam) * (real - fake).detach().abs().float().mean(dim=1, keepdim=True)).mean()
 
 
+def gradient_penalty(disc, real, fake):
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x^ D_src(x^)||_2 - 1)^2] at x^ = a real + (1 - a) fake,
+    a ~ U(0, 1) per image; differentiable with respect to D (create_graph)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    grad, = torch.autograd.grad(disc(x_hat)[0].float().sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def classification_loss(attrs, logits, labels):
+    """StarGAN's domain classification loss, summed over the manipulated groups: a binary attribute's
+    BCE-with-logits summed over the attributes and averaged over the images, a categorical group's
+    cross-entropy over its block of logits."""
+    loss = logits.new_zeros(()).float()
+    for g, columns in attrs.slices.items():
+        block = logits[:, columns].float()
+        if attrs.binary[g]:
+            loss = loss + F.binary_cross_entropy_with_logits(block, labels[:, g:g + 1].float(), reduction="sum") \
+                / len(block)
+        else:
+            loss = loss + F.cross_entropy(block, labels[:, g])
+    return loss
+
+
 # =============================================================================================
 # The training step: a D update every iteration, a G update every n_critic
 # =============================================================================================
@@ -157,9 +229,9 @@ def train_step(args, attrs, nets, opt_g, opt_d, real, labels, step, dist_):
         # L_adv^D = E[D_src(G(x, c))] - E[D_src(x)] (StarGAN Eq. 1, WGAN form) ...
         d_adv = src[n:].float().mean() - src[:n].float().mean()
         # ... + lambda_gp E[(||grad D_src(x^)||_2 - 1)^2] (WGAN-GP)
-        d_gp = common.gradient_penalty(disc, real, fake)
+        d_gp = gradient_penalty(disc, real, fake)
         # L_cls^r = E[-log D_cls(c_org | x)] (StarGAN Eq. 2): D classifies real images by their own labels
-        d_cls = common.attribute_classification_loss(attrs, cls[:n], labels)
+        d_cls = classification_loss(attrs, cls[:n], labels)
         d_cam = zero
         if args.lambda_cam > 0:
             # L_cam^D = mean((1 - M) * sg[|x - y|]): D's Grad-CAM on y must cover what G changed (D term)
@@ -181,7 +253,7 @@ def train_step(args, attrs, nets, opt_g, opt_d, real, labels, step, dist_):
             # L_adv^G = -E[D_src(G(x, c))] (StarGAN Eq. 1, WGAN-GP, generator side)
             g_adv = -src.float().mean()
             # L_cls^f = E[-log D_cls(c | G(x, c))] (StarGAN Eq. 3): the translation has the target labels
-            g_cls = common.attribute_classification_loss(attrs, cls, target)
+            g_cls = classification_loss(attrs, cls, target)
             # L_rec = E |x - G(G(x, c), c_org)|_1 (StarGAN Eq. 4, cycle reconstruction)
             g_rec = (real - rec).abs().float().mean()
             g_cam = zero
@@ -290,6 +362,14 @@ def sample_grid(args, attrs, nets, path, real, labels):
         net.train()
 
 
+def labels_from_logits(attrs, logits):
+    """D's classifier logits (N, c_dim) -> (N, G) labels of the manipulated groups (the others 0)."""
+    labels = torch.zeros(logits.shape[0], len(attrs.names), dtype=torch.long, device=logits.device)
+    for g, columns in attrs.slices.items():
+        labels[:, g] = (logits[:, columns.start] > 0).long() if attrs.binary[g] else logits[:, columns].argmax(1)
+    return labels
+
+
 def test(args, attrs, nets, device):
     """--phase test: <out>/test/<name>_<attribute>=<value>.png and its Grad-CAM map for every single
     change of the test images, or the --target manipulations applied one after the other; --input
@@ -299,7 +379,7 @@ def test(args, attrs, nets, device):
     if args.input:
         batch = common.input_images(args)
         with torch.no_grad():
-            batch["labels"] = attrs.labels_from_logits(nets["disc"](batch["image"].to(device))[1].float())
+            batch["labels"] = labels_from_logits(attrs, nets["disc"](batch["image"].to(device))[1].float())
         batches = [batch]
     else:
         batches = common.test_batches(common.attribute_data(args, "test")[1], args)

@@ -5,11 +5,10 @@ script. This module offers nouns the scripts use, never a control flow that call
 
  1. Flags ............ UserError, cli, add_common_flags, add_attribute_flags, parse_args (presets)
  2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
- 3. Data ............. image folders (ImageFiles, InfiniteSampler, train_batches, test_batches,
+ 3. Data ............. image folders (ImageFiles, train_batches, test_split, test_batches,
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
- 4. Shared blocks .... ResnetBlock, PatchGAN, lsgan, ImagePool, the StarGAN generator body and
-                       discriminator, gradient_penalty, attribute_classification_loss
+ 4. Shared blocks .... ResnetBlock, PatchGAN, lsgan, init_normal, ImagePool
  5. Checkpoint, log .. save_checkpoint, load_checkpoint, prepare_out, RunLog, CtrlC, Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
  7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
@@ -133,13 +132,10 @@ def _given_flags(parser, argv):
 
 
 def parse_args(parser, argv, script, presets, arch_flags):
-    """Parse the command line, then fill the flags it did not give.
-
-    Training a new run: from `presets["toy"]` on a toy dataset, else `presets["real"]` (the
-    paper's settings are the parser defaults; the real preset may be empty). Test, eval and
-    --resume: from the checkpoint's saved arguments, so `--phase eval` needs no architecture
-    flags; an architecture flag that contradicts the checkpoint is an error.
-    """
+    """Parse the command line, then fill the flags it did not give. Training a new run: from
+    `presets["toy"]` on a toy dataset, else `presets["real"]` (the parser defaults are the paper's
+    settings). Test, eval and --resume: from the checkpoint's saved arguments, so `--phase eval`
+    needs no architecture flags; an architecture flag that contradicts the checkpoint is an error."""
     args = parser.parse_args(argv)
     given = _given_flags(parser, argv)
     if args.download is not None:
@@ -157,8 +153,7 @@ def parse_args(parser, argv, script, presets, arch_flags):
             what = "--resume" if args.resume else f"--phase {args.phase}"
             raise UserError(f"{what} needs a checkpoint, and there is none at {ckpt_path}. Train first "
                             f"(python {script}.py --data {args.data}) or point --ckpt / --out at a run.")
-        saved = read_checkpoint_args(ckpt_path, script)
-        for k, v in saved.items():
+        for k, v in _read_checkpoint(ckpt_path, script)["args"].items():
             if k in arch_flags and k in given and getattr(args, k) != v:
                 raise UserError(f"{ckpt_path} was trained with --{k} {v}, not {getattr(args, k)}: the architecture "
                                 f"comes from the checkpoint; drop --{k} or use another --out/--ckpt.")
@@ -197,8 +192,7 @@ def pick_device(args, local_rank=0):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     elif args.amp:
         warnings.warn("--amp (bf16 autocast) is only used on CUDA; running in fp32")
         args.amp = False
@@ -212,10 +206,7 @@ def autocast(args, device):
 
 def to_device(module, device):
     """Move a network to the device; channels_last on CUDA."""
-    module.to(device)
-    if device.type == "cuda":
-        module.to(memory_format=torch.channels_last)
-    return module
+    return module.to(device, memory_format=torch.channels_last) if device.type == "cuda" else module.to(device)
 
 
 def adam(params, lr, betas, device, weight_decay=0.0):
@@ -262,27 +253,22 @@ class Dist:
     gradients averaged over ranks, rank 0 writes the files."""
 
     def __init__(self, device_flag):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world, self.rank, self.local_rank = (int(os.environ.get(k, d)) for k, d in
+                                                  (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
         cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
         # NCCL reduces CUDA tensors only: the small control tensors live on this rank's GPU
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
+        self.main = self.rank == 0
         if self.world > 1 and not dist.is_initialized():
             if cuda:
                 torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if cuda else "gloo")
 
-    @property
-    def main(self):
-        return self.rank == 0
-
     def broadcast(self, modules):
         """Start every replica from rank 0's weights and buffers."""
         if self.world > 1:
-            for m in modules:
-                for t in list(m.parameters()) + list(m.buffers()):
-                    dist.broadcast(t.data, 0)
+            for t in [t for m in modules for t in (*m.parameters(), *m.buffers())]:
+                dist.broadcast(t.data, 0)
 
     def average_gradients(self, modules):
         """All-reduce the gradients (mean over ranks) in one flat buffer: what DDP does, without
@@ -293,10 +279,8 @@ class Dist:
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
 
     def any(self, flag):
         """True on every rank when `flag` is true on any rank (for Ctrl-C under torchrun)."""
@@ -315,16 +299,16 @@ class Dist:
         gathered = [torch.zeros_like(fp) for _ in range(self.world)]
         dist.all_gather(gathered, fp)
         same = all(torch.equal(g, gathered[0]) for g in gathered)
-        if self.main:
-            print(f"replicas identical: {same} ({self.world} processes)")
+        print(f"replicas identical: {same} ({self.world} processes)" if self.main else "", end="\n" * self.main)
         return same
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
+
 # =============================================================================================
-# 3. Data: unpaired image folders (CycleGAN / U-GAT-IT layout)
+# 3. Data: unpaired image folders (the CycleGAN / U-GAT-IT layout), download
 # =============================================================================================
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -337,21 +321,8 @@ _stats = {"skipped": 0}  # unreadable images skipped so far (counted in the main
 
 def list_images(folder):
     """All image files under `folder`, recursively, sorted."""
-    found = []
-    for root, _, files in os.walk(folder):
-        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMG_EXTS)]
-    return sorted(found)
-
-
-def load_rgb(path):
-    """Open an image as RGB (grey, RGBA and palette images are converted)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
-def pil_to_tensor(im):
-    """PIL RGB -> float tensor (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
+    return sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
+                  if f.lower().endswith(IMG_EXTS))
 
 
 def ugatit_transform(im, size, rng):
@@ -365,10 +336,11 @@ def ugatit_transform(im, size, rng):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images of one domain and split. Items are indices, or (index, augmentation seed) pairs from
-    InfiniteSampler. An unreadable file is skipped (the next one is used) and counted.
-    `labels` ((len, G) LongTensor) adds each image's attribute labels to its item; `transform(im,
-    size, rng)` replaces the U-GAT-IT transform (rng is None at test time)."""
+    """Images of one domain and split as {'image' (3, S, S) in [-1, 1], 'name', 'skipped'}. Items are
+    indices, or (index, augmentation seed) pairs from InfiniteSampler. An unreadable file is skipped
+    (the next one is used) and counted. Grey, RGBA and palette images become RGB. `labels` ((len, G))
+    adds each image's attribute labels; `transform(im, size, rng)` replaces the U-GAT-IT transform
+    (rng is None at test time, where the image is resized to size x size)."""
 
     def __init__(self, files, size, train, root=None, labels=None, transform=None):
         self.files, self.size, self.train, self.root = files, size, train, root
@@ -382,7 +354,8 @@ class ImageFiles(torch.utils.data.Dataset):
         for tries in range(len(self.files)):
             path = self.files[(index + tries) % len(self.files)]
             try:
-                im = load_rgb(path)
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
             except Exception as e:  # PIL raises many kinds for broken files
                 print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
                 continue
@@ -393,8 +366,9 @@ class ImageFiles(torch.utils.data.Dataset):
                 im = ugatit_transform(im, self.size, rng)
             else:
                 im = im.resize((self.size, self.size), Image.BILINEAR)
+            image = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
             name = os.path.relpath(path, self.root) if self.root else os.path.basename(path)
-            item = {"image": pil_to_tensor(im), "name": os.path.splitext(name)[0], "skipped": tries}
+            item = {"image": image, "name": os.path.splitext(name)[0], "skipped": tries}
             if self.labels is not None:
                 item["labels"] = self.labels[(index + tries) % len(self.files)]
             return item
@@ -420,30 +394,24 @@ class InfiniteSampler(torch.utils.data.Sampler):
             pos += 1
 
 
-class Batches:
-    """Iterator over device batches: the image tensor, or (images, labels) with `labels`."""
-
-    def __init__(self, loader, device, labels=False):
-        self.it, self.device, self.labels = iter(loader), device, labels
-
-    def __next__(self):
-        batch = next(self.it)
-        _stats["skipped"] += int(batch["skipped"].sum())
-        x = batch["image"].to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (x, batch["labels"].to(self.device, non_blocking=True)) if self.labels else x
-
-
 def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, labels=False):
-    """Endless training batches from `start_step` on; workers, pin_memory, persistent workers.
-    Creating it draws the DataLoader's base seed from the global torch RNG."""
+    """Endless training batches on the device from `start_step` on: images, or (images, labels) with
+    `labels`. Workers, pin_memory, persistent workers. Creating it draws the DataLoader's base seed
+    from the global torch RNG."""
     sampler = InfiniteSampler(len(dataset), args.seed + seed_offset, start_step * args.batch_size,
                               dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True)
-    return Batches(loader, device, labels)
+
+    def on_device(batch):
+        _stats["skipped"] += int(batch["skipped"].sum())
+        x = batch["image"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (x, batch["labels"].to(device, non_blocking=True)) if labels else x
+
+    return map(on_device, iter(loader))
 
 
 def _layout_help(root):
@@ -475,28 +443,14 @@ def unpaired_split(args, split, domain, train):
     raise UserError(f"{root} has no {split}{domain}/ folder. {_layout_help(root)}")
 
 
-class ToyTrain(torch.utils.data.Dataset):
-    """A toy split served in the same {'image', 'name', 'skipped'} form as ImageFiles."""
-
-    def __init__(self, toy):
-        self.toy = toy
-
-    def __len__(self):
-        return len(self.toy)
-
-    def __getitem__(self, item):
-        index = item[0] if isinstance(item, tuple) else item
-        return {"image": self.toy[index]["image"], "name": f"{index:05d}", "skipped": 0}
-
-
 def two_domain_train_sets(args):
     """(train A, train B) datasets for the two-domain scripts. The toy data is the same for every
     --seed (seed 0), so that runs with different seeds are evaluated on the same test images."""
+    if args.data == "toy-attr":
+        raise UserError("toy-attr is a multi-attribute dataset (amgan.py, camconsistency.py); "
+                        "two-domain scripts take --data toy or toy-shape.")
     if args.data in TOY_NAMES:
-        if args.data == "toy-attr":
-            raise UserError("toy-attr is a multi-attribute dataset (amgan.py, camconsistency.py); "
-                            "two-domain scripts take --data toy or toy-shape.")
-        return tuple(ToyTrain(ToyDataset(args.data, "train", args.img_size, d)) for d in "AB")
+        return ToyDataset(args.data, "train", args.img_size, "A"), ToyDataset(args.data, "train", args.img_size, "B")
     return unpaired_split(args, "train", "A", True), unpaired_split(args, "train", "B", True)
 
 
@@ -526,8 +480,8 @@ def input_images(args):
         raise UserError(f"--input {args.input} is neither an image file nor a folder holding images "
                         f"({', '.join(IMG_EXTS)}).")
     root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
-    ds = ImageFiles(files, args.img_size, train=False, root=root)
-    items = [ds[i] for i in range(len(files))]
+    dataset = ImageFiles(files, args.img_size, train=False, root=root)
+    items = [dataset[i] for i in range(len(files))]
     return {"image": torch.stack([i["image"] for i in items]), "name": [i["name"] for i in items]}
 
 
@@ -538,11 +492,10 @@ def download_dataset(name, data_root, url=None):
     if name == "selfie2anime":
         raise UserError(f"selfie2anime is on Google Drive and cannot be fetched by script: download it from "
                         f"{SELFIE2ANIME_URL} and unzip it so that {target}/trainA, trainB, testA, testB exist.")
-    if url is None:
-        if name not in CYCLEGAN_DATASETS:
-            raise UserError(f"--download knows the CycleGAN datasets {', '.join(CYCLEGAN_DATASETS)} and "
-                            f"selfie2anime, not '{name}'.")
-        url = CYCLEGAN_URL.format(name=name)
+    if url is None and name not in CYCLEGAN_DATASETS:
+        raise UserError(f"--download knows the CycleGAN datasets {', '.join(CYCLEGAN_DATASETS)} and "
+                        f"selfie2anime, not '{name}'.")
+    url = url or CYCLEGAN_URL.format(name=name)
     if os.path.isdir(target) and list_images(target):
         print(f"{target} already holds images; not downloading again")
         return target
@@ -553,18 +506,15 @@ def download_dataset(name, data_root, url=None):
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
                 while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+                    bar.update(f.write(chunk))
         if not zipfile.is_zipfile(part):
             raise UserError(f"{url} did not give a zip file; download it by hand and unzip it into {data_root}.")
         with zipfile.ZipFile(part) as z:
             members = [m for m in z.namelist() if not m.startswith("__MACOSX")]
-            top = {m.split("/")[0] for m in members}
-            dest = data_root if top == {name} else target
             for m in members:
                 if os.path.isabs(m) or ".." in m.split("/"):
                     raise UserError(f"{url} holds an unsafe path {m!r}; not unpacking it.")
-            z.extractall(dest, members)
+            z.extractall(data_root if {m.split("/")[0] for m in members} == {name} else target, members)
     except (urllib.error.URLError, OSError) as e:
         raise UserError(f"could not download {name} from {url} ({e}). Download it on a machine with internet "
                         f"access and unzip it into {data_root} so that {target}/trainA exists.") from None
@@ -592,59 +542,46 @@ class AttributeSet:
 
     A group is categorical (values like color=red, one-hot in label vectors, cross-entropy) or
     binary (a CelebA attribute, values "0"/"1", one column, BCE). Labels are (N, G) value indices
-    over all G groups; label vectors cover the manipulated groups only, in --attrs order."""
+    over all G groups; label vectors cover the manipulated groups only, in --attrs order; `slices`
+    maps each manipulated group to its columns there."""
 
     def __init__(self, names, values, binary, manipulated, exclusive=()):
         self.names, self.values, self.binary = list(names), [list(v) for v in values], list(binary)
         self.manipulated = list(manipulated)
         self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
-
-    @property
-    def widths(self):
-        return [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
-
-    @property
-    def c_dim(self):
-        return sum(self.widths)
-
-    @property
-    def slices(self):
-        """{group: its columns in a label vector}, for the manipulated groups."""
-        ends = np.cumsum([0] + self.widths)
-        return {g: slice(int(a), int(b)) for g, a, b in zip(self.manipulated, ends[:-1], ends[1:])}
+        widths = [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
+        ends = np.cumsum([0] + widths)
+        self.c_dim = int(ends[-1])
+        self.slices = {g: slice(int(a), int(b)) for g, a, b in zip(self.manipulated, ends[:-1], ends[1:])}
 
     def vector(self, labels):
         """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
-        cols = [labels[:, g:g + 1].float() if self.binary[g] else F.one_hot(labels[:, g], len(self.values[g])).float()
-                for g in self.manipulated]
-        return torch.cat(cols, dim=1)
-
-    def labels_from_logits(self, logits):
-        """(N, c_dim) classifier logits -> (N, G) labels (the manipulated groups; the others 0)."""
-        labels = torch.zeros(logits.shape[0], len(self.names), dtype=torch.long, device=logits.device)
-        for g, sl in self.slices.items():
-            labels[:, g] = (logits[:, sl.start] > 0).long() if self.binary[g] else logits[:, sl].argmax(1)
-        return labels
+        return torch.cat([labels[:, g:g + 1].float() if self.binary[g]
+                          else F.one_hot(labels[:, g], len(self.values[g])).float() for g in self.manipulated], 1)
 
     def set_value(self, labels, group, value):
         """Labels with `group` set to `value` (a number, or one per image); a CelebA hair colour set to
         1 clears the other selected hair colours."""
         out = labels.clone()
         out[:, group] = value
-        if self.binary[group]:
-            on = out[:, group] == 1
-            for e in self.exclusive:
-                for other in (e - {group}) if group in e else ():
-                    out[:, other] = torch.where(on, torch.zeros_like(out[:, other]), out[:, other])
+        for other in [o for e in self.exclusive if group in e for o in e - {group}] if self.binary[group] else []:
+            out[:, other] = torch.where(out[:, group] == 1, torch.zeros_like(out[:, other]), out[:, other])
         return out
 
     def grid_targets(self, labels):
         """The manipulations a sample grid shows: (group, target labels) for every value of each
         categorical group and the flip of each binary attribute."""
         for g in self.manipulated:
-            values = [1 - labels[:, g]] if self.binary[g] else range(len(self.values[g]))
-            for v in values:
+            for v in [1 - labels[:, g]] if self.binary[g] else range(len(self.values[g])):
                 yield g, self.set_value(labels, g, v)
+
+    def changes(self, labels):
+        """Every single-group manipulation of a batch: (group, value, target labels, valid), where
+        `valid` marks the images whose value of that group is not already `value`."""
+        for g in self.manipulated:
+            for v in range(len(self.values[g])):
+                target = self.set_value(labels, g, v)
+                yield g, v, target, (target != labels).any(1)
 
     def describe(self, group, value):
         return f"{self.names[group]}={self.values[group][value]}"
@@ -667,14 +604,6 @@ class AttributeSet:
                             f"{self.describe(self.manipulated[0], 0)}.")
         return pairs
 
-    def changes(self, labels):
-        """Every single-group manipulation of a batch: (group, value, target labels, valid), where
-        `valid` marks the images whose value of that group is not already `value`."""
-        for g in self.manipulated:
-            for v in range(len(self.values[g])):
-                target = self.set_value(labels, g, v)
-                yield g, v, target, (target != labels).any(1)
-
 
 def select_attributes(names, values, binary, attrs_arg, default, exclusive_names=()):
     """An AttributeSet manipulating the comma-separated --attrs (or `default`)."""
@@ -684,8 +613,7 @@ def select_attributes(names, values, binary, attrs_arg, default, exclusive_names
         raise UserError(f"--attrs: unknown attribute {', '.join(unknown) or '(none given)'}; this dataset has "
                         f"{', '.join(names)}.")
     manipulated = [names.index(a) for a in chosen]
-    exclusive = [[g for g in manipulated if names[g] in exclusive_names]]
-    return AttributeSet(names, values, binary, manipulated, exclusive)
+    return AttributeSet(names, values, binary, manipulated, [[g for g in manipulated if names[g] in exclusive_names]])
 
 
 def read_celeba_attributes(path):
@@ -696,12 +624,8 @@ def read_celeba_attributes(path):
         lines = f.read().splitlines()
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
-    names = lines[1].split()
-    files, rows = [], []
-    for number, line in enumerate(lines[2:], start=3):
-        parts = line.split()
-        if not parts:
-            continue
+    names, files, rows = lines[1].split(), [], []
+    for number, parts in ((n, line.split()) for n, line in enumerate(lines[2:], start=3) if line.strip()):
         if len(parts) != len(names) + 1:
             raise UserError(f"{path}, line {number}: expected a file name and {len(names)} values, got "
                             f"{len(parts) - 1} values.")
@@ -728,24 +652,20 @@ def read_labels_csv(path):
         if len(set(names)) != len(names) or not all(names):
             raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
         files, cells = [], []
-        for row in reader:
-            if not row or not any(c.strip() for c in row):
-                continue
+        for row in (r for r in reader if any(c.strip() for c in r)):
             if len(row) != len(header):
                 raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
                                 f"(filename and {len(names)} attributes), got {len(row)}.")
             row = [c.strip() for c in row]
-            empty = [names[k] for k, c in enumerate(row[1:]) if not c]
-            if not row[0] or empty:
-                raise UserError(f"{path}, line {reader.line_num}: empty cell "
-                                f"({'filename' if not row[0] else empty[0]}).")
+            empty = ["filename"] * (not row[0]) + [names[k] for k, c in enumerate(row[1:]) if not c]
+            if empty:
+                raise UserError(f"{path}, line {reader.line_num}: empty cell ({empty[0]}).")
             files.append(row[0])
             cells.append(row[1:])
     if not files:
         raise UserError(f"{path} lists no images.")
     values = [sorted({r[k] for r in cells}) for k in range(len(names))]
-    index = [{v: i for i, v in enumerate(vs)} for vs in values]
-    labels = torch.tensor([[index[k][c] for k, c in enumerate(r)] for r in cells], dtype=torch.long)
+    labels = torch.tensor([[values[k].index(c) for k, c in enumerate(r)] for r in cells], dtype=torch.long)
     return names, values, files, labels
 
 
@@ -753,8 +673,7 @@ def celeba_transform(im, size, rng):
     """StarGAN's CelebA preprocessing: flip (train), CenterCrop(178), Resize(size)."""
     if rng is not None and rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    w, h = im.size
-    left, top = round((w - 178) / 2), round((h - 178) / 2)
+    left, top = round((im.size[0] - 178) / 2), round((im.size[1] - 178) / 2)
     return im.crop((left, top, left + 178, top + 178)).resize((size, size), Image.BILINEAR)
 
 
@@ -763,21 +682,6 @@ def flip_resize_transform(im, size, rng):
     if rng is not None and rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
     return im.resize((size, size), Image.BILINEAR)
-
-
-class ToyAttr(torch.utils.data.Dataset):
-    """toy-attr as attribute data: toy_render's items (image, labels, masks) with a name."""
-
-    def __init__(self, split, size):
-        self.toy = ToyDataset("toy-attr", split, size)
-        self.labels = toy_attr_labels(split)
-
-    def __len__(self):
-        return len(self.toy)
-
-    def __getitem__(self, item):
-        index = item[0] if isinstance(item, tuple) else item
-        return {**self.toy[index], "name": f"{index:05d}", "skipped": 0}
 
 
 def _attribute_layout_help(root):
@@ -796,13 +700,14 @@ def _split_indices(n, test_size):
 
 def attribute_data(args, split):
     """(AttributeSet, dataset of one split) for --data toy-attr, a CelebA folder or a labels.csv
-    folder. Items: image, labels (G,) and name (toy-attr adds the masks mask, mask_torso, mask_sleeves)."""
+    folder. Items: image, labels (G,), name (toy-attr adds the masks mask, mask_torso, mask_sleeves);
+    the dataset's `labels` holds them all."""
     if args.data in TOY_NAMES:
         if args.data != "toy-attr":
             raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
         attrs = select_attributes(list(TOY_ATTRS), list(TOY_ATTRS.values()), [False] * len(TOY_ATTRS), args.attrs,
                                   TOY_ATTR_DEFAULT)
-        return attrs, ToyAttr(split, args.img_size)
+        return attrs, ToyDataset("toy-attr", split, args.img_size)
     root = dataset_dir(args)
     if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
         names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
@@ -821,9 +726,9 @@ def attribute_data(args, split):
     keep = _split_indices(len(files), test_size)[split]
     if not keep:
         raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
-    paths = [os.path.join(folder, files[i]) for i in keep]
-    return attrs, ImageFiles(paths, args.img_size, split == "train", root=folder, labels=labels[keep],
-                             transform=transform)
+    return attrs, ImageFiles([os.path.join(folder, files[i]) for i in keep], args.img_size, split == "train",
+                             root=folder, labels=labels[keep], transform=transform)
+
 
 # ---------------------------------------------------------------------------------------------
 # The embedded toy datasets (SPEC section 2)
@@ -834,73 +739,37 @@ def attribute_data(args, split):
 # centre at (x, y) = (j + 0.5, i + 0.5). Colours are built in [0, 1] and returned in [-1, 1].
 # ---------------------------------------------------------------------------------------------
 TOY_NAMES = ("toy", "toy-shape", "toy-attr")
-TOY_ATTRS = {
-    "color": ["red", "green", "blue", "yellow", "white"],
-    "sleeve": ["sleeveless", "short", "long"],
-    "size": ["small", "large"],
-    "bg": ["plain", "textured"],
-}
+TOY_ATTRS = {"color": ["red", "green", "blue", "yellow", "white"], "sleeve": ["sleeveless", "short", "long"],
+             "size": ["small", "large"], "bg": ["plain", "textured"]}
 TOY_SPLIT_SIZES = {"train": 2000, "test": 200}  # per domain for toy/toy-shape, total for toy-attr
-# Bump when the generators below change: cached judges carry it in their file name.
-TOY_VERSION = 2
-
+TOY_VERSION = 2  # bump when the generators below change: cached judges carry it in their file name
 # Shirt base colours (toy-attr), far from the muted grey-ish backgrounds.
-_TOY_SHIRT_RGB = {
-    "red": (0.85, 0.15, 0.15),
-    "green": (0.2, 0.7, 0.25),
-    "blue": (0.15, 0.3, 0.85),
-    "yellow": (0.9, 0.8, 0.15),
-    "white": (0.93, 0.93, 0.93),
-}
+_TOY_SHIRT_RGB = {"red": (0.85, 0.15, 0.15), "green": (0.2, 0.7, 0.25), "blue": (0.15, 0.3, 0.85),
+                  "yellow": (0.9, 0.8, 0.15), "white": (0.93, 0.93, 0.93)}
 
 
 def _toy_check(name, split, size, domain):
-    if name not in TOY_NAMES:
-        raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_NAMES}")
-    if split not in TOY_SPLIT_SIZES:
-        raise ValueError(f"unknown split {split!r}; choose one of {tuple(TOY_SPLIT_SIZES)}")
+    if name not in TOY_NAMES or split not in TOY_SPLIT_SIZES:
+        raise ValueError(f"unknown toy dataset or split {name!r}, {split!r}; choose {TOY_NAMES}, {tuple(TOY_SPLIT_SIZES)}")
     if int(size) < 16:
         raise ValueError(f"toy images need a size of at least 16 px, got {size}")
-    if name == "toy-attr" and domain is not None:
-        raise ValueError("toy-attr has no domains (it has attributes): pass domain=None")
-    if name != "toy-attr" and domain not in ("A", "B"):
-        raise ValueError(f"{name} needs domain='A' or domain='B', got {domain!r}")
-
-
-def _toy_rng(name, split, index, domain, seed):
-    # A stable seed from small integer ids (Python's hash() is salted per process).
-    domain_id = {"A": 0, "B": 1, None: 2}[domain]
-    ids = [seed, TOY_NAMES.index(name), list(TOY_SPLIT_SIZES).index(split), domain_id, index]
-    return np.random.default_rng(ids)
-
-
-def _toy_upsample(grid, size, mode):
-    """(3, n, n) numpy colours -> (3, size, size), interpolated smoothly and clamped to [0, 1]."""
-    t = torch.from_numpy(grid.astype(np.float32))[None]
-    up = F.interpolate(t, size=(size, size), mode=mode, align_corners=False)[0]
-    return up.clamp_(0, 1).numpy()
+    if (name == "toy-attr") != (domain is None) or domain not in ("A", "B", None):
+        raise ValueError(f"{name} needs domain='A' or 'B' (toy, toy-shape) or None (toy-attr), got {domain!r}")
 
 
 def _toy_noise_background(rng, size, mean, spread):
-    """Low-frequency colour noise: a 4x4 grid of colours (mean +- spread per channel), bicubic."""
+    """Low-frequency colour noise: a 4x4 grid of colours (mean +- spread per channel), bicubic, in [0, 1]."""
     grid = np.asarray(mean)[:, None, None] + rng.uniform(-spread, spread, (3, 4, 4))
-    return _toy_upsample(grid, size, "bicubic")
-
-
-def _toy_grass(rng, size):
-    """toy/toy-shape background: "grass", a green-brown palette with low-frequency variation. Its
-    mean colour varies little between images on purpose: generators built on instance norm cannot
-    recover an image's mean colour, so a wide palette would cap their background PSNR."""
-    mean = np.array([0.38, 0.55, 0.25]) + rng.uniform(-0.07, 0.07) + rng.uniform(-0.04, 0.04, 3)
-    return _toy_noise_background(rng, size, mean, spread=0.1)
+    t = F.interpolate(torch.from_numpy(grid.astype(np.float32))[None], size=(size, size), mode="bicubic",
+                      align_corners=False)
+    return t[0].clamp_(0, 1).numpy()
 
 
 def _toy_object_colour(rng):
     """A clearly coloured object; value <= 0.75 so that shading by +30% never clips (the image
     then stays exactly proportional to this colour)."""
     hue = rng.uniform(0.5, 1.05) % 1.0  # cyan, blue, purple, magenta, red: not the grass's greens and yellows
-    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75))
-    return np.array(rgb, dtype=np.float32)
+    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75)), dtype=np.float32)
 
 
 def _toy_shaded(rng, colour, xx, yy, cx, cy, radius):
@@ -919,39 +788,28 @@ def _toy_ellipse(rng, domain, xx, yy, size):
     # Half-extents of the rotated ellipse's bounding box; the centre keeps it inside the image.
     ex, ey = np.hypot(a * c, b * s), np.hypot(a * s, b * c)
     cx, cy = rng.uniform(ex, size - ex), rng.uniform(ey, size - ey)
-    u = (xx - cx) * c + (yy - cy) * s  # coordinates along the ellipse's own axes
-    v = -(xx - cx) * s + (yy - cy) * c
+    u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c  # along the ellipse's own axes
     mask = (u / a) ** 2 + (v / b) ** 2 <= 1
     if domain == "A":
-        obj = _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, max(a, b))
-    else:
-        angle = rng.uniform(0, np.pi)
-        period = max(4.0, rng.uniform(0.1, 0.2) * size)
-        # Position across the stripes in periods; first half of each period white, second black.
-        t = (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform()
-        obj = np.broadcast_to(((t % 1) < 0.5).astype(np.float32), (3, size, size))
-    return mask, obj
+        return mask, _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, max(a, b))
+    angle = rng.uniform(0, np.pi)
+    period = max(4.0, rng.uniform(0.1, 0.2) * size)
+    # Position across the stripes in periods; first half of each period white, second black.
+    t = (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform()
+    return mask, np.broadcast_to(((t % 1) < 0.5).astype(np.float32), (3, size, size))
 
 
 def _toy_disc_or_square(rng, domain, xx, yy, size):
-    """toy-shape: a disc of radius r (A) or an axis-aligned square of the same area, side
-    r*sqrt(pi) (B), centred at (cx, cy).
-
-    GT mask (both domains) = the square of side 2r around the centre: the bounding box of the
-    union of the object and its equal-area counterpart (the disc's box contains the square,
-    whose half side 0.886r < r). A correct disc <-> square translation therefore stays inside the
-    mask in both directions; outside it the image is pure background."""
+    """toy-shape: a disc of radius r (A) or an axis-aligned square of the same area, side r*sqrt(pi)
+    (B). GT mask (both domains) = the square of side 2r around the centre: the bounding box of the
+    union of the object and its equal-area counterpart (the disc's box contains the square, whose
+    half side 0.886r < r), so a correct disc <-> square translation stays inside the mask."""
     r = rng.uniform(0.15, 0.27) * size
     cx, cy = rng.uniform(r, size - r, 2)
     dx, dy = np.abs(xx - cx), np.abs(yy - cy)
-    mask = (dx <= r) & (dy <= r)
-    if domain == "A":
-        shape = dx**2 + dy**2 <= r**2
-    else:
-        half_side = r * np.sqrt(np.pi) / 2
-        shape = (dx <= half_side) & (dy <= half_side)
-    obj = _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, r)
-    return mask, shape, obj
+    half_side = r * np.sqrt(np.pi) / 2
+    shape = dx**2 + dy**2 <= r**2 if domain == "A" else (dx <= half_side) & (dy <= half_side)
+    return (dx <= r) & (dy <= r), shape, _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, r)
 
 
 def _toy_shirt(rng, labels, xx, yy, size):
@@ -984,15 +842,13 @@ def _toy_shirt(rng, labels, xx, yy, size):
     t = (yy - y0) / h  # 0 at the shoulders, 1 at the hem
     torso = (t >= 0) & (t <= 1) & (np.abs(xx - cx) <= (top_w + (hem_w - top_w) * t) / 2)
     torso &= (xx - cx) ** 2 + (yy - y0) ** 2 > (0.12 * h) ** 2  # neckline
-    sleeves_long = np.zeros_like(torso)
-    sleeves_drawn = np.zeros_like(torso)
+    sleeves_long, sleeves_drawn = np.zeros_like(torso), np.zeros_like(torso)
     drawn_len = (0.0, 0.35 * long_len, long_len)[sleeve_id]
     for side in (-1, 1):
         # Sleeve frame: origin at the shoulder corner, `along` down the sleeve (tilted outwards),
         # `across` perpendicular to it, pointing away from the torso. The torso side slopes inwards
         # below the corner, so sleeves and torso do not overlap.
-        px = xx - (cx + side * top_w / 2)
-        py = yy - y0
+        px, py = xx - (cx + side * top_w / 2), yy - y0
         along = px * side * np.sin(alpha) + py * np.cos(alpha)
         across = px * side * np.cos(alpha) - py * np.sin(alpha)
         band = (across >= 0) & (across <= sw) & (along >= 0)
@@ -1000,23 +856,21 @@ def _toy_shirt(rng, labels, xx, yy, size):
         sleeves_drawn |= band & (along <= drawn_len)
     shirt = torso | sleeves_drawn
 
-    name = TOY_ATTRS["color"][colour_id]
-    colour = np.array(_TOY_SHIRT_RGB[name]) + rng.uniform(-0.04, 0.04, 3)
+    colour = np.array(_TOY_SHIRT_RGB[TOY_ATTRS["color"][colour_id]]) + rng.uniform(-0.04, 0.04, 3)
     shade = 1.08 - 0.2 * np.clip(t, 0, 1) - 0.08 * sleeves_drawn  # lit from above, sleeves darker
-    obj = np.clip(colour[:, None, None] * shade[None], 0, 1)
-    image = np.where(shirt[None], obj, background)
+    image = np.where(shirt[None], np.clip(colour[:, None, None] * shade[None], 0, 1), background)
     return background, image, shirt, torso, sleeves_long
+
+
+def _toy_rng(name, split, index, domain, seed):
+    """A generator per sample from small integer ids (Python's hash() is salted per process)."""
+    ids = [seed, TOY_NAMES.index(name), list(TOY_SPLIT_SIZES).index(split), {"A": 0, "B": 1, None: 2}[domain], index]
+    return np.random.default_rng(ids)
 
 
 def _toy_attr_draw_labels(rng):
     """toy-attr's labels: the first draws of each sample's generator (one value per group)."""
     return [int(rng.integers(len(values))) for values in TOY_ATTRS.values()]
-
-
-def toy_attr_labels(split, seed=0):
-    """(N, 4) labels of a whole toy-attr split, without rendering the images."""
-    return torch.tensor([_toy_attr_draw_labels(_toy_rng("toy-attr", split, i, None, seed))
-                         for i in range(TOY_SPLIT_SIZES[split])], dtype=torch.long)
 
 
 def toy_render(name, split, index, size, domain=None, seed=0):
@@ -1038,7 +892,11 @@ def toy_render(name, split, index, size, domain=None, seed=0):
         out["mask_sleeves"] = torch.from_numpy(sleeves[None].astype(np.float32))
         out["labels"] = torch.tensor(labels, dtype=torch.long)
     else:
-        background = _toy_grass(rng, size)
+        # toy/toy-shape background: "grass", a green-brown palette with low-frequency variation. Its
+        # mean colour varies little between images on purpose: generators built on instance norm
+        # cannot recover an image's mean colour, so a wide palette would cap their background PSNR.
+        grass = np.array([0.38, 0.55, 0.25]) + rng.uniform(-0.07, 0.07) + rng.uniform(-0.04, 0.04, 3)
+        background = _toy_noise_background(rng, size, grass, spread=0.1)
         if name == "toy":
             mask, obj = _toy_ellipse(rng, domain, xx, yy, size)
             image = np.where(mask[None], obj, background)
@@ -1052,38 +910,43 @@ def toy_render(name, split, index, size, domain=None, seed=0):
 
 
 class ToyDataset(torch.utils.data.Dataset):
-    """One split (and, for toy/toy-shape, one domain) of a toy dataset, rendered on the fly.
-    Items are toy_render's dicts without the background, with a name (the index, 5 digits)."""
+    """One split (and, for toy/toy-shape, one domain) of a toy dataset, rendered on the fly. Items are
+    toy_render's dicts without the background, with a name (the index) and skipped = 0, as ImageFiles's
+    items; indices may be (index, augmentation seed) pairs, whose seed is unused. For toy-attr,
+    `labels` holds every sample's labels (drawn without rendering)."""
 
     def __init__(self, name, split, size, domain=None, seed=0):
         _toy_check(name, split, size, domain)
         self.name, self.split, self.size, self.domain, self.seed = name, split, size, domain, seed
+        if name == "toy-attr":
+            self.labels = torch.tensor([_toy_attr_draw_labels(_toy_rng(name, split, i, None, seed))
+                                        for i in range(len(self))], dtype=torch.long)
 
     def __len__(self):
         return TOY_SPLIT_SIZES[self.split]
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        i = item[0] if isinstance(item, tuple) else item
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         item = toy_render(self.name, self.split, i, self.size, self.domain, self.seed)
         del item["background"]
-        return {**item, "name": f"{i:05d}"}
+        return {**item, "name": f"{i:05d}", "skipped": 0}
+
 
 # =============================================================================================
-# 4. Shared blocks: networks and losses used by several papers
+# 4. Shared blocks: networks and losses used by several papers (StarGAN's are in its two scripts)
 # =============================================================================================
 
 
 class ResnetBlock(nn.Module):
-    """x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x) (CycleGAN, U-GAT-IT, AttentionGAN).
-    StarGAN's block: zero padding and InstanceNorm with affine parameters (`star=True`)."""
+    """x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x) (CycleGAN, U-GAT-IT, AttentionGAN)."""
 
-    def __init__(self, dim, bias, star=False):
+    def __init__(self, dim, bias):
         super().__init__()
-        pad = [] if star else [nn.ReflectionPad2d(1)]
-        conv = lambda: nn.Conv2d(dim, dim, 3, padding=1 if star else 0, bias=bias)  # noqa: E731
-        norm = lambda: nn.InstanceNorm2d(dim, affine=star)  # noqa: E731
-        self.block = nn.Sequential(*pad, conv(), norm(), nn.ReLU(True), *pad, conv(), norm())
+        conv = lambda: nn.Conv2d(dim, dim, 3, bias=bias)  # noqa: E731
+        self.block = nn.Sequential(nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim), nn.ReLU(True),
+                                   nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim))
 
     def forward(self, x):
         return x + self.block(x)
@@ -1097,89 +960,12 @@ class PatchGAN(nn.Module):
         chans = [in_ch] + [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
         layers = [nn.Conv2d(chans[0], chans[1], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for i in range(1, n_layers + 1):
-            stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 4, stride, 1), nn.InstanceNorm2d(chans[i + 1]),
-                       nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Conv2d(chans[-1], 1, 4, 1, 1))
-        self.model = nn.Sequential(*layers)
-
-    def drop_norm(self):
-        """Replace the InstanceNorm layers by identities (they have no parameters)."""
-        for i, m in enumerate(self.model):
-            if isinstance(m, nn.InstanceNorm2d):
-                self.model[i] = nn.Identity()
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 4, 2 if i < n_layers else 1, 1),
+                       nn.InstanceNorm2d(chans[i + 1]), nn.LeakyReLU(0.2, True)]
+        self.model = nn.Sequential(*layers, nn.Conv2d(chans[-1], 1, 4, 1, 1))
 
     def forward(self, x):
         return self.model(x)
-
-
-def star_generator_body(in_ch, conv_dim=64, n_res=6):
-    """StarGAN's generator without its image head: conv7 in_ch -> conv_dim, two conv4 stride-2
-    downsamplings, n_res residual blocks, two ConvT4 stride-2 upsamplings; no conv bias,
-    InstanceNorm with affine parameters, ReLU. Output: conv_dim channels at the input's size."""
-    norm = lambda ch: nn.InstanceNorm2d(ch, affine=True)  # noqa: E731
-    layers, ch = [nn.Conv2d(in_ch, conv_dim, 7, 1, 3, bias=False), norm(conv_dim), nn.ReLU(True)], conv_dim
-    for _ in range(2):
-        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm(ch * 2), nn.ReLU(True)]
-        ch *= 2
-    layers += [ResnetBlock(ch, bias=False, star=True) for _ in range(n_res)]
-    for _ in range(2):
-        layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), norm(ch // 2), nn.ReLU(True)]
-        ch //= 2
-    return nn.Sequential(*layers)
-
-
-def tile_labels(x, c):
-    """[x, c replicated over the image] along the channels: StarGAN's conditioning."""
-    return torch.cat([x, c.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
-
-
-class StarDiscriminator(nn.Module):
-    """StarGAN's discriminator: n_layers x [conv4 stride 2, LeakyReLU 0.01], channels doubling from
-    conv_dim, no normalisation; out_src conv3 -> a patch of real/fake scores, out_cls a conv over the
-    whole last map -> c_dim attribute logits."""
-
-    def __init__(self, img_size=128, conv_dim=64, c_dim=5, n_layers=6):
-        super().__init__()
-        chans = [3] + [conv_dim * 2 ** i for i in range(n_layers)]
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.01))
-                                    for a, b in zip(chans[:-1], chans[1:]))
-        self.out_src = nn.Conv2d(chans[-1], 1, 3, 1, 1, bias=False)
-        self.out_cls = nn.Conv2d(chans[-1], c_dim, img_size // 2 ** n_layers, bias=False)
-
-    def forward(self, x, feature_layer=None):
-        """-> (src, cls), or (src, cls, the feature map after block `feature_layer`) (1-based)."""
-        feature = None
-        for k, block in enumerate(self.blocks, start=1):
-            x = block(x)
-            if k == feature_layer:
-                feature = x
-        src, cls = self.out_src(x), self.out_cls(x).flatten(1)
-        return (src, cls) if feature_layer is None else (src, cls, feature)
-
-
-def gradient_penalty(disc, real, fake):
-    """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x^ D_src(x^)||_2 - 1)^2] at x^ = a real + (1 - a) fake,
-    a ~ U(0, 1) per image; differentiable with respect to D (create_graph)."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    src = disc(x_hat)[0]
-    grad, = torch.autograd.grad(src.float().sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
-def attribute_classification_loss(attrs, logits, labels):
-    """StarGAN's domain classification loss over the manipulated groups: binary attributes
-    BCE-with-logits summed over the attributes and averaged over the images; categorical groups
-    the cross-entropy of their block of logits; the groups' terms are summed."""
-    loss = logits.new_zeros(()).float()
-    for g, sl in attrs.slices.items():
-        block = logits[:, sl].float()
-        if attrs.binary[g]:
-            loss = loss + F.binary_cross_entropy_with_logits(block, labels[:, g:g + 1].float(), reduction="sum") / len(block)
-        else:
-            loss = loss + F.cross_entropy(block, labels[:, g])
-    return loss
 
 
 def lsgan(x, target):
@@ -1223,11 +1009,13 @@ class ImagePool:
         return tuple(torch.cat(o) for o in out)
 
     def state_dict(self):
-        return {"items": [list(item) for item in self.items], "rng": _py_state(self.rng.getstate())}
+        version, state, gauss = self.rng.getstate()
+        return {"items": [list(item) for item in self.items], "rng": [version, list(state), gauss]}
 
     def load_state_dict(self, state, device="cpu"):
         self.items = [tuple(t.to(device) for t in item) for item in state["items"]]
-        self.rng.setstate(_py_state_back(state["rng"]))
+        version, rng_state, gauss = state["rng"]
+        self.rng.setstate((version, tuple(rng_state), gauss))
 
 
 # =============================================================================================
@@ -1237,25 +1025,19 @@ class ImagePool:
 CKPT_VERSION = 1  # bump when the checkpoint layout changes; load_checkpoint refuses other versions
 
 
-def _py_state(state):
-    return [state[0], list(state[1]), state[2]]
-
-
-def _py_state_back(state):
-    return (state[0], tuple(state[1]), state[2])
-
-
 def rng_state():
+    version, state, gauss = random.getstate()
     np_state = np.random.get_state()
-    state = {"python": _py_state(random.getstate()), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()),
-                                                               *np_state[2:]], "torch": torch.get_rng_state()}
+    state = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
-    random.setstate(_py_state_back(state["python"]))
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
     np.random.set_state((state["numpy"][0], state["numpy"][1].numpy(), *state["numpy"][2:]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -1267,8 +1049,7 @@ def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
     training state (elapsed seconds, image pools, ...); written to a temp file, then os.replace."""
     state = {"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args),
              "models": {k: m.state_dict() for k, m in models.items()},
-             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-             "rng": rng_state(), "extra": extra or {}}
+             "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state(), "extra": extra or {}}
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -1289,10 +1070,6 @@ def _read_checkpoint(path, script):
                         f"{CKPT_VERSION}: it was written by another version of this project. Use that version, "
                         f"or train a new run.")
     return state
-
-
-def read_checkpoint_args(path, script):
-    return _read_checkpoint(path, script)["args"]
 
 
 def load_checkpoint(path, script, models, optimizers=None):
@@ -1327,35 +1104,34 @@ class RunLog:
     add(losses) sums a step's 0-dim loss tensors on the device, without a host sync; a term that
     only some steps compute (a generator updated every n_critic steps) is averaged over the steps
     that computed it. write(step, lr) reads the sums back, raises Diverged on a NaN/Inf and appends
-    a row (rank 0). On resume the rows after the resumed step are dropped."""
-
-    TAIL = ["lr", "seconds", "skipped_images"]
+    a row (rank 0). A new run starts a new log; a resumed one keeps the rows up to its step."""
 
     def __init__(self, args, dist_, start_step, elapsed=0.0):
         self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
         self.elapsed, self.t0 = elapsed, time.time()
         self.sums, self.counts, self.first, self.last_saved = {}, {}, start_step + 1, start_step
-        self.terms = []  # the loss names in log.csv's header
-        if self.main and os.path.exists(self.path):  # a new run starts a new log; a resumed one keeps its rows
-            rows = []
+        self.rows, self.terms = [], []  # the rows written so far, the loss names of the header
+        if self.main and os.path.exists(self.path):
             if start_step > 0:
                 with open(self.path) as f:
                     reader = csv.DictReader(f)
-                    rows = [r for r in reader if int(r["step"]) <= start_step]
-                    self.terms = [k for k in reader.fieldnames or [] if k not in ["step", *self.TAIL]]
+                    self.rows = [r for r in reader if int(r["step"]) <= start_step]
+                    self.terms = [k for k in reader.fieldnames or [] if k not in ("step", *self.TAIL)]
             os.remove(self.path)
-            if rows:
-                self._write(rows, "w")
+            if self.rows:
+                self._save(self.rows, "w")
         stop = min(args.iters, args.stop_at or args.iters)
         self.bar = tqdm(total=stop, initial=start_step, disable=not self.main, dynamic_ncols=True, mininterval=2,
                         desc=os.path.basename(args.out))
 
-    def _write(self, rows, mode):
+    TAIL = ("lr", "seconds", "skipped_images")
+
+    def _save(self, rows, mode):
         with open(self.path, mode, newline="") as f:
-            w = csv.DictWriter(f, ["step", *self.terms, *self.TAIL], restval="")
+            writer = csv.DictWriter(f, ["step", *self.terms, *self.TAIL], restval="")
             if mode == "w":
-                w.writeheader()
-            w.writerows(rows)
+                writer.writeheader()
+            writer.writerows(rows)
 
     def seconds(self):
         """Training time so far, across resumes."""
@@ -1370,31 +1146,26 @@ class RunLog:
     def write(self, step, lr):
         if not self.sums:
             return
-        names = list(self.sums)
-        counts = torch.tensor(list(self.counts.values()))
+        names, counts = list(self.sums), torch.tensor(list(self.counts.values()))
         values = (torch.stack(list(self.sums.values())).float().cpu() / counts).tolist()
         first, self.first, self.sums, self.counts = self.first, step + 1, {}, {}
-        bad = [k for k, v in zip(names, values) if not math.isfinite(v)]
-        if bad:
+        if not all(math.isfinite(v) for v in values):
             self.bar.close()
-            raise Diverged(f"loss {', '.join(bad)} became NaN/Inf between steps {first} and {step}; training stopped "
-                           f"and the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}. Try a "
-                           f"lower --lr, or run without --amp.")
+            bad = ", ".join(k for k, v in zip(names, values) if not math.isfinite(v))
+            raise Diverged(f"loss {bad} became NaN/Inf between steps {first} and {step}; training stopped and the "
+                           f"last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}. Try a lower --lr, "
+                           f"or run without --amp.")
         row = {"step": step, **{k: f"{v:.5g}" for k, v in zip(names, values)}, "lr": f"{lr:.4g}",
                "seconds": f"{self.seconds():.1f}", "skipped_images": _stats["skipped"]}
-        if not self.main:
-            return
-        new = [k for k in names if k not in self.terms]
-        if new or not os.path.exists(self.path):  # the first row, or a term logged for the first time
-            rows = []
-            if os.path.exists(self.path):
-                with open(self.path) as f:
-                    rows = list(csv.DictReader(f))
-            self.terms += new
-            self._write(rows + [row], "w")
-        else:
-            self._write([row], "a")
-        self.bar.set_postfix({k: row[k] for k in names[:4]}, refresh=False)
+        if self.main:
+            self.bar.set_postfix({k: row[k] for k in names[:4]}, refresh=False)
+            self.rows.append(row)
+            new = [k for k in names if k not in self.terms]
+            self.terms += new  # a term logged for the first time widens the header: the file is rewritten
+            if new or not os.path.exists(self.path):
+                self._save(self.rows, "w")
+            else:
+                self._save([row], "a")
 
     def close(self):
         self.bar.close()
@@ -1411,9 +1182,7 @@ class CtrlC:
         self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.flag.append(1))
 
     def pressed(self, step):
-        if self.dist.world == 1 or step % self.every == 0:
-            return self.dist.any(bool(self.flag))
-        return False
+        return self.dist.any(bool(self.flag)) if self.dist.world == 1 or step % self.every == 0 else False
 
     def close(self):
         signal.signal(signal.SIGINT, self.old_handler)
@@ -1427,8 +1196,7 @@ class Bench:
         self.args, self.device, self.warmup, self.timed = args, device, warmup, timed
 
     def steps(self):
-        for step in range(1, self.warmup + 1):
-            yield step
+        yield from range(1, self.warmup + 1)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -1437,8 +1205,7 @@ class Bench:
 
     def report(self, losses):
         float(sum(losses.values()))  # wait for the device
-        seconds = time.perf_counter() - self.t0
-        device, args = self.device, self.args
+        seconds, device, args = time.perf_counter() - self.t0, self.device, self.args
         result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                   else f"cpu ({torch.get_num_threads()} threads)", "img_size": args.img_size,
                   "batch": args.batch_size, "amp": bool(args.amp), "compile": bool(args.compile),
@@ -1461,15 +1228,13 @@ def jet(x):
 def normalise_map(attention, size):
     """Upsample a (N,1,h,w) map to size x size and min-max normalise each image to [0,1]."""
     a = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
-    lo = a.amin(dim=(1, 2, 3), keepdim=True)
-    hi = a.amax(dim=(1, 2, 3), keepdim=True)
+    lo, hi = a.amin(dim=(1, 2, 3), keepdim=True), a.amax(dim=(1, 2, 3), keepdim=True)
     return (a - lo) / (hi - lo).clamp_min(1e-8)
 
 
 def heat_overlay(attention, image, alpha=0.5):
     """Attention as a jet heat map laid over the image; image and result in [-1, 1]."""
-    heat = jet(normalise_map(attention, image.shape[-1]))
-    return (alpha * heat + (1 - alpha) * (image.float() + 1) / 2) * 2 - 1
+    return (alpha * jet(normalise_map(attention, image.shape[-1])) + (1 - alpha) * (image.float() + 1) / 2) * 2 - 1
 
 
 def grey(mask):
@@ -1483,26 +1248,22 @@ def save_grid(path, columns):
     torchvision.utils.save_image((cells + 1) / 2, path, nrow=len(columns), padding=2, pad_value=1.0)
 
 
-def save_image(tensor, path):
-    """One (3,H,W) tensor in [-1, 1] as an 8-bit PNG."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torchvision.utils.save_image((tensor.detach().float().cpu() + 1) / 2, path)
-
-
-
 def save_pictures(folder, names, images, attention=None, under=None):
-    """<folder>/<name>.png for each image and, with `attention`, <name>_attention.png: the map as a
-    heat overlay on `under` (default: the image itself)."""
+    """<folder>/<name>.png for each image (in [-1, 1]) and, with `attention`, <name>_attention.png:
+    the map as a heat overlay on `under` (default: the image itself)."""
     under = images if under is None else under
     for i, name in enumerate(names):
-        save_image(images[i], os.path.join(folder, f"{name}.png"))
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # a name may hold a subfolder
+        torchvision.utils.save_image((images[i].detach().float().cpu() + 1) / 2, f"{path}.png")
         if attention is not None:
-            save_image(heat_overlay(attention[i:i + 1], under[i:i + 1])[0], os.path.join(folder, f"{name}_attention.png"))
-
+            overlay = heat_overlay(attention[i:i + 1], under[i:i + 1])[0]
+            torchvision.utils.save_image((overlay.detach().float().cpu() + 1) / 2, f"{path}_attention.png")
 
 # =============================================================================================
 # 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json
 # =============================================================================================
+
 
 class ToyJudge(nn.Module):
     """Small CNN that classifies toy images: the domain (A=0, B=1) for toy/toy-shape, one head per
@@ -1510,8 +1271,6 @@ class ToyJudge(nn.Module):
 
     def __init__(self, name):
         super().__init__()
-        if name not in TOY_NAMES:
-            raise ValueError(f"unknown toy dataset {name!r}; choose one of {TOY_NAMES}")
         self.head_sizes = tuple(len(v) for v in TOY_ATTRS.values()) if name == "toy-attr" else (2,)
         # Four blocks conv3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool (S -> S/16). Stride-1
         # convolutions with max-pooling see the thin sleeves and the disc/square corners far more
@@ -1534,61 +1293,38 @@ class ToyJudge(nn.Module):
         return [head(feats) for head in self.heads]
 
 
-# Training steps (batch 64) that reach >= 98% test accuracy at 64 px and >= 95% at 32 px.
-_TOY_JUDGE_STEPS = {"toy": 200, "toy-shape": 300, "toy-attr": 500}
-
-
 def _toy_judge_data(name, split, size, seed):
     """The whole split as tensors: images (N, 3, S, S) and targets (N, heads)."""
+    n = TOY_SPLIT_SIZES[split]
     if name == "toy-attr":
-        items = [toy_render(name, split, i, size, None, seed) for i in range(TOY_SPLIT_SIZES[split])]
+        items = [toy_render(name, split, i, size, None, seed) for i in range(n)]
         targets = torch.stack([item["labels"] for item in items])
     else:
-        items = [toy_render(name, split, i, size, domain, seed)
-                 for domain in "AB" for i in range(TOY_SPLIT_SIZES[split])]
-        targets = torch.arange(2).repeat_interleave(TOY_SPLIT_SIZES[split])[:, None]
+        items = [toy_render(name, split, i, size, domain, seed) for domain in "AB" for i in range(n)]
+        targets = torch.arange(2).repeat_interleave(n)[:, None]
     return torch.stack([item["image"] for item in items]), targets
 
 
 def _toy_augment(x, name, gen):
     """Random flips, light blur, brightness jitter and noise, so that the judge also reads
     slightly imperfect generated images."""
-    n = x.shape[0]
-    coin = lambda p: (torch.rand(n, 1, 1, 1, generator=gen) < p)  # noqa: E731
+    coin = lambda p: (torch.rand(len(x), 1, 1, 1, generator=gen) < p)  # noqa: E731
     x = torch.where(coin(0.5), x.flip(3), x)
     if name != "toy-attr":  # shirts hang downwards; ellipses, discs and squares have no up
         x = torch.where(coin(0.5), x.flip(2), x)
     k = torch.tensor([1.0, 2.0, 1.0])
-    kernel = (torch.outer(k, k) / 16).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (torch.outer(k, k) / 16).expand(3, 1, 3, 3),
+                       groups=3)
     x = torch.where(coin(0.3), blurred, x)
-    gain = 1 + 0.1 * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)  # brightness +-10%
-    x = (x + 1) * gain - 1 + 0.02 * torch.randn(x.shape, generator=gen)
-    return x.clamp(-1, 1)
-
-
-@torch.no_grad()
-def _toy_judge_test_accuracy(judge, name, size, seed=0, device="cpu"):
-    """Accuracy on the real test split: per direction (toy/toy-shape) or per attribute (toy-attr),
-    and their mean."""
-    x, y = _toy_judge_data(name, "test", size, seed)
-    judge.eval()
-    preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
-                                         for xb in x.split(256)])]
-    if name == "toy-attr":
-        per = {group: (p == y[:, k]).float().mean().item()
-               for k, (group, p) in enumerate(zip(TOY_ATTRS, preds))}
-    else:
-        correct = (preds[0] == y[:, 0]).float()
-        per = {f"{d}->{d}": correct[y[:, 0] == k].mean().item() for k, d in enumerate("AB")}
-    return sum(per.values()) / len(per), per
+    gain = 1 + 0.1 * (2 * torch.rand(len(x), 1, 1, 1, generator=gen) - 1)  # brightness +-10%
+    return ((x + 1) * gain - 1 + 0.02 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
 
 
 @torch.enable_grad()  # also when an eval phase runs under no_grad
-def train_toy_judge(name, size, seed=0, steps=None, device="cpu", batch_size=64):
-    """Train the judge on the toy train split (cross-entropy, Adam 1e-3).
-    Returns (judge in eval mode, mean test accuracy); per-head accuracies in judge.test_accuracies."""
-    steps = _TOY_JUDGE_STEPS[name] if steps is None else steps
+def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
+    """Train the judge on the toy train split (cross-entropy, Adam 1e-3; enough steps for >= 98% test
+    accuracy at 64 px and >= 95% at 32 px). Returns (judge in eval mode, mean test accuracy); the
+    accuracy per direction (toy, toy-shape) or per attribute (toy-attr) is judge.test_accuracies."""
     x, y = _toy_judge_data(name, "train", size, seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
@@ -1596,37 +1332,44 @@ def train_toy_judge(name, size, seed=0, steps=None, device="cpu", batch_size=64)
         judge = ToyJudge(name).to(device)
     opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
     judge.train()
-    for _ in range(steps):
+    for _ in range({"toy": 200, "toy-shape": 300, "toy-attr": 500}[name]):
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         xb, yb = _toy_augment(x[idx], name, gen).to(device), y[idx].to(device)
         loss = sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    accuracy, judge.test_accuracies = _toy_judge_test_accuracy(judge, name, size, seed, device)
-    return judge.eval(), accuracy
+    x, y = _toy_judge_data(name, "test", size, seed)
+    judge.eval()
+    with torch.no_grad():
+        preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
+                                             for xb in x.split(256)])]
+    if name == "toy-attr":
+        per = {group: (p == y[:, k]).float().mean().item() for k, (group, p) in enumerate(zip(TOY_ATTRS, preds))}
+    else:
+        correct = (preds[0] == y[:, 0]).float()
+        per = {f"{d}->{d}": correct[y[:, 0] == k].mean().item() for k, d in enumerate("AB")}
+    judge.test_accuracies = per
+    return judge, sum(per.values()) / len(per)
 
 
-def load_toy_judge(name, size, data_root, device="cpu", seed=0):
+def load_toy_judge(name, size, data_root, device="cpu"):
     """The judge for this toy dataset and size, trained once and cached under
     <data_root>/.toy_judge/. Returns (judge in eval mode, mean test accuracy)."""
-    tag = "" if seed == 0 else f"_seed{seed}"
-    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px{tag}_v{TOY_VERSION}.pt")
+    path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px_v{TOY_VERSION}.pt")
     if os.path.isfile(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         judge = ToyJudge(name)
         judge.load_state_dict(saved["state_dict"])
-        judge.test_accuracies = saved["accuracies"]
-        accuracy = saved["accuracy"]
+        judge.test_accuracies, accuracy = saved["accuracies"], saved["accuracy"]
     else:
         print(f"training the toy judge for {name} at {size} px once; cached in {path}")
-        judge, accuracy = train_toy_judge(name, size, seed=seed, device=device)
+        judge, accuracy = train_toy_judge(name, size, device=device)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         state = {k: v.cpu() for k, v in judge.state_dict().items()}
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"state_dict": state, "accuracy": accuracy,
-                    "accuracies": judge.test_accuracies}, tmp)
-        os.replace(tmp, path)
+        torch.save({"state_dict": state, "accuracy": accuracy, "accuracies": judge.test_accuracies},
+                   f"{path}.tmp{os.getpid()}")
+        os.replace(f"{path}.tmp{os.getpid()}", path)
     return judge.to(device).eval(), accuracy
 
 
@@ -1669,8 +1412,7 @@ def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=0):
     estimates = []
     for _ in range(n_subsets):
         fake_rows = fake[rng.choice(len(fake), m, replace=False)]
-        real_rows = real[rng.choice(len(real), m, replace=False)]
-        estimates.append(mmd2_unbiased(real_rows, fake_rows))
+        estimates.append(mmd2_unbiased(real[rng.choice(len(real), m, replace=False)], fake_rows))
     return float(np.mean(estimates)), float(np.std(estimates))
 
 
@@ -1706,9 +1448,9 @@ def _trace_sqrtm_product(cov1, cov2):
 
 def fid_from_features(real, fake, eps=1e-6):
     """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) with unbiased (ddof 1)
-    covariances, in float64. The eigh route already copes with singular covariances (N < D); the
-    usual eps fallback (pytorch-fid's) is kept for the rest: if eigh fails or the trace is not
-    finite, the square root is retried on (S1 + eps I)(S2 + eps I)."""
+    covariances, in float64. The eigh route copes with singular covariances (N < D); pytorch-fid's
+    eps fallback is kept for the rest: if eigh fails or the trace is not finite, the square root is
+    retried on (S1 + eps I)(S2 + eps I)."""
     real, fake = _as_float64(real), _as_float64(fake)
     mu1, mu2 = real.mean(0), fake.mean(0)
     cov1, cov2 = np.cov(real, rowvar=False, ddof=1), np.cov(fake, rowvar=False, ddof=1)
@@ -1717,34 +1459,34 @@ def fid_from_features(real, fake, eps=1e-6):
     except np.linalg.LinAlgError:
         trace_sqrt = float("nan")
     if not math.isfinite(trace_sqrt):
-        offset = eps * np.eye(len(cov1))
-        trace_sqrt = _trace_sqrtm_product(cov1 + offset, cov2 + offset)
+        trace_sqrt = _trace_sqrtm_product(cov1 + eps * np.eye(len(cov1)), cov2 + eps * np.eye(len(cov1)))
     return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 
 
+# pytorch-fid's FID Inception: torchvision's Inception-v3 with the TF graph's pooling in the pool branches
+# (an average over valid pixels only, count_include_pad=False, and a max pool in Mixed_7c)
+def _tf_pool(x):
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
 class _FIDInceptionA(tv_inception.InceptionA):
-    """InceptionA whose pool branch averages over valid pixels only (count_include_pad=False), as in TF."""
     def _forward(self, x):
         branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
         branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        branch_pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return [self.branch1x1(x), branch5x5, branch3x3dbl, branch_pool]
+        return [self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(_tf_pool(x))]
 
 
 class _FIDInceptionC(tv_inception.InceptionC):
-    """InceptionC with the TF pool branch (count_include_pad=False)."""
     def _forward(self, x):
         branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         branch7x7dbl = x
         for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
                      self.branch7x7dbl_5):
             branch7x7dbl = conv(branch7x7dbl)
-        branch_pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return [self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool]
+        return [self.branch1x1(x), branch7x7, branch7x7dbl, self.branch_pool(_tf_pool(x))]
 
 
 class _FIDInceptionE(tv_inception.InceptionE):
-    """InceptionE with the TF pool branch: average without padding (Mixed_7b) or max pooling (Mixed_7c)."""
     def __init__(self, in_channels, max_pool):
         super().__init__(in_channels)
         self.max_pool = max_pool
@@ -1754,33 +1496,18 @@ class _FIDInceptionE(tv_inception.InceptionE):
         branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
         branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
-        if self.max_pool:
-            pooled = F.max_pool2d(x, 3, stride=1, padding=1)
-        else:
-            pooled = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _tf_pool(x)
         return [self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)]
 
 
 def _build_fid_inception():
-    """torchvision's Inception-v3 with 1008 classes and the TF graph's pooling (pytorch-fid's FID Inception), no weights."""
+    """The FID Inception (1008 classes), no weights."""
     net = tv_inception.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = (_FIDInceptionA(192, 32), _FIDInceptionA(256, 64),
-                                                _FIDInceptionA(288, 64))
-    net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e = (_FIDInceptionC(768, 128), _FIDInceptionC(768, 160),
-                                                              _FIDInceptionC(768, 160), _FIDInceptionC(768, 192))
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = _FIDInceptionA(192, 32), _FIDInceptionA(256, 64), _FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = _FIDInceptionC(768, 128), _FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = _FIDInceptionC(768, 160), _FIDInceptionC(768, 192)
     net.Mixed_7b, net.Mixed_7c = _FIDInceptionE(1280, max_pool=False), _FIDInceptionE(2048, max_pool=True)
     return net
-
-
-class _InceptionPool3(nn.Module):
-    """Resize a [-1, 1] batch to 299x299 (bilinear) and return the 2048-d pool3 features."""
-    def __init__(self, net):
-        super().__init__()
-        net.fc = nn.Identity()  # the classifier head is not needed: the avgpool output is pool3
-        self.net = net
-
-    def forward(self, images):
-        return self.net(F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False))
 
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -1789,33 +1516,23 @@ FID_WEIGHTS_SHA256_PREFIX = "6726825d"
 TORCHVISION_INCEPTION_NAME = "inception_v3_google-0cc3c7bd.pth"
 
 
-def _sha256(path):
-    """Hex SHA-256 digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fid_inception(weights_path=None):
-    """(model, label): an eval-mode Inception-v3 mapping a [-1, 1] batch of any size to (N, 2048)
-    pool3 features. Weights: `weights_path`, else the torch hub cache's FID weights (SHA-256
-    checked), else torchvision's ImageNet Inception-v3 if already cached (labelled: not comparable
-    with published numbers). Nothing is downloaded."""
+    """(model, label): an eval-mode Inception-v3 mapping a [-1, 1] batch of any size (resized to 299
+    bilinearly) to (N, 2048) pool3 features. Weights: `weights_path`, else the torch hub cache's FID
+    weights (SHA-256 checked), else torchvision's ImageNet Inception-v3 if already cached (labelled:
+    not comparable with published numbers). Nothing is downloaded."""
     checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
     fid_path = weights_path or os.path.join(checkpoints, FID_WEIGHTS_NAME)
     torchvision_path = os.path.join(checkpoints, TORCHVISION_INCEPTION_NAME)
     if os.path.isfile(fid_path):
-        digest = _sha256(fid_path)
+        with open(fid_path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-            raise ValueError(
-                f"{fid_path} has SHA-256 {digest[:8]}..., but the FID Inception weights ({FID_WEIGHTS_NAME}) "
-                f"start with {FID_WEIGHTS_SHA256_PREFIX}: the file is truncated, corrupt or another network. "
-                f"Download it again from {FID_WEIGHTS_URL}.")
-        net = _build_fid_inception()
+            raise ValueError(f"{fid_path} has SHA-256 {digest[:8]}..., but the FID Inception weights "
+                             f"({FID_WEIGHTS_NAME}) start with {FID_WEIGHTS_SHA256_PREFIX}: the file is truncated, "
+                             f"corrupt or another network. Download it again from {FID_WEIGHTS_URL}.")
+        net, label = _build_fid_inception(), "fid-inception (pt_inception-2015-12-05)"
         net.load_state_dict(torch.load(fid_path, map_location="cpu", weights_only=True))
-        label = "fid-inception (pt_inception-2015-12-05)"
     elif weights_path is None and os.path.isfile(torchvision_path):
         # torchvision's Google weights expect [-1, 1] input already, so no transform_input
         net = tv_inception.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
@@ -1827,7 +1544,9 @@ def fid_inception(weights_path=None):
             f"{missing}. KID/FID need the FID Inception weights {FID_WEIGHTS_NAME}: download {FID_WEIGHTS_URL} "
             f"(on a machine with internet access) and put the file at {os.path.join(checkpoints, FID_WEIGHTS_NAME)} "
             f"or pass --inception_weights PATH.")
-    return _InceptionPool3(net).eval(), label
+    net.fc = nn.Identity()  # the classifier head is not needed: the avgpool output is pool3
+    resize = nn.Upsample(size=(299, 299), mode="bilinear", align_corners=False)
+    return nn.Sequential(resize, net).eval(), label
 
 
 def extract_features(model, images_iter, device):
@@ -1862,11 +1581,9 @@ def attention_iou_pointing(attention, mask, threshold=0.5):
     raw = attention.flatten(1)
     constant = (raw.amax(1) - raw.amin(1)) <= 1e-8 * raw.abs().amax(1).clamp_min(1)
     predicted = (flat >= threshold) | constant[:, None]
-    intersection = (predicted & target).sum(1).double()
-    union = (predicted | target).sum(1).double()
+    intersection, union = (predicted & target).sum(1).double(), (predicted | target).sum(1).double()
     iou = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
-    pointing = target.gather(1, flat.argmax(1, keepdim=True)).double()
-    return iou.mean().item(), pointing.mean().item()
+    return iou.mean().item(), target.gather(1, flat.argmax(1, keepdim=True)).double().mean().item()
 
 
 def _inception_or_none(args, required):
@@ -1876,6 +1593,13 @@ def _inception_or_none(args, required):
         if required:
             raise UserError(str(e)) from None
         return None, None
+
+
+def _kid_fid(real, fake, prefix=""):
+    """KID x 100 (both estimators: mean and std / standard error) and, for Inception features, FID."""
+    out = {f"{prefix}kid_subsets_x100": [100 * v for v in kid_subsets(real, fake)],
+           f"{prefix}kid_blocks_x100": [100 * v for v in kid_blocks(real, fake)]}
+    return out if prefix else {**out, "fid": fid_from_features(real, fake)}
 
 
 class TranslationMetrics:
@@ -1888,58 +1612,50 @@ class TranslationMetrics:
     def __init__(self, args, device):
         self.args, self.device, self.toy = args, device, args.data in TOY_NAMES
         self.inception, label = _inception_or_none(args, required=not self.toy)
-        if self.inception is not None:
-            self.inception = self.inception.to(device)
+        self.inception = self.inception.to(device) if self.inception is not None else None
         self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
                         "inception": label or "no weights found: toy metrics only (see --inception_weights)"}
         if self.toy:
             self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
                                                                              args.data_root, device)
-        self.parts = {}
+        self.parts = {}  # direction -> metric sums, image count, features of the fakes and reals
 
-    def _part(self, direction):
-        return self.parts.setdefault(direction, {"sums": {}, "n": 0, "judge": {"fake": [], "real": []},
-                                                 "inception": {"fake": [], "real": []}})
-
-    def _features(self, part, kind, images):
+    def _features(self, direction, kind, images):
+        part = self.parts.setdefault(direction, {"sums": {}, "n": 0, "judge_fake": [], "judge_real": [],
+                                                 "inception_fake": [], "inception_real": []})
         if self.toy:
             with torch.no_grad():
-                part["judge"][kind].append(self.judge.features(images).double().cpu())
+                part[f"judge_{kind}"].append(self.judge.features(images).double().cpu())
         if self.inception is not None:
-            part["inception"][kind].append(extract_features(self.inception, [images], self.device))
+            part[f"inception_{kind}"].append(extract_features(self.inception, [images], self.device))
+        return part
 
     def add(self, direction, batch, out, attention):
         """A test batch of the source domain (its image and, on toy data, GT mask) and its
         translations `out` with their attention maps (or None)."""
-        part, x = self._part(direction), batch["image"].to(self.device)
+        x, metrics = batch["image"].to(self.device), {}
         if self.toy:
-            target = "AB".index(direction[-1].upper())
             mask = batch["mask"].to(self.device)
-            psnr, l1 = masked_psnr_l1(x, out, mask)
-            metrics = {"background_psnr_db": psnr, "background_l1": l1,
-                       "translation_success": (self.judge(out)[0].argmax(1) == target).float().mean().item()}
+            metrics["background_psnr_db"], metrics["background_l1"] = masked_psnr_l1(x, out, mask)
+            target = "AB".index(direction[-1].upper())
+            metrics["translation_success"] = (self.judge(out)[0].argmax(1) == target).float().mean().item()
             if attention is not None:
                 metrics["attention_iou"], metrics["attention_pointing"] = attention_iou_pointing(attention, mask)
-            for k, v in metrics.items():
-                part["sums"][k] = part["sums"].get(k, 0.0) + v * len(x)
-        self._features(part, "fake", out)
+        part = self._features(direction, "fake", out)
+        for k, v in metrics.items():
+            part["sums"][k] = part["sums"].get(k, 0.0) + v * len(x)
         part["n"] += len(x)
 
     def add_real(self, direction, batch):
         """A test batch of the target domain: the real images the translations are compared with."""
-        self._features(self._part(direction), "real", batch["image"].to(self.device))
+        self._features(direction, "real", batch["image"].to(self.device))
 
     def write(self):
         for direction, part in self.parts.items():
-            m = {k: v / part["n"] for k, v in part["sums"].items()}
-            m["images"] = part["n"]
-            for prefix, features in (("toy_", part["judge"]), ("", part["inception"])):
-                if features["fake"]:
-                    real, fake = torch.cat(features["real"]), torch.cat(features["fake"])
-                    m[f"{prefix}kid_subsets_x100"] = [100 * v for v in kid_subsets(real, fake)]
-                    m[f"{prefix}kid_blocks_x100"] = [100 * v for v in kid_blocks(real, fake)]
-            if part["inception"]["fake"]:
-                m["fid"] = fid_from_features(torch.cat(part["inception"]["real"]), torch.cat(part["inception"]["fake"]))
+            m = {**{k: v / part["n"] for k, v in part["sums"].items()}, "images": part["n"]}
+            for prefix, kind in (("toy_", "judge"), ("", "inception")):
+                if part[f"{kind}_fake"]:
+                    m.update(_kid_fid(torch.cat(part[f"{kind}_real"]), torch.cat(part[f"{kind}_fake"]), prefix))
             self.results[direction] = m
         return write_metrics(self.args.out, self.results)
 
@@ -1960,7 +1676,7 @@ class AttributeMetrics:
         if self.toy:
             self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
                                                                              args.data_root, device)
-            gallery = ToyAttr("train", args.img_size)
+            gallery = ToyDataset("toy-attr", "train", args.img_size)
             with torch.no_grad():
                 self.gallery_features = torch.cat([self.judge.features(b["image"].to(device)).float()
                                                    for b in test_batches(gallery, args, batch_size=200)])
@@ -1975,8 +1691,7 @@ class AttributeMetrics:
     def add(self, batch, keep, group, value, target, out, attention):
         """The images `keep` of a test batch changed to value `value` of `group`: `target` the batch's
         target labels, `out` the manipulated images, `attention` their maps (or None)."""
-        x, target = batch["image"].to(self.device)[keep], target[keep]
-        part = {}
+        x, target, part = batch["image"].to(self.device)[keep], target[keep], {}
         if self.toy:
             with torch.no_grad():
                 predicted = torch.stack([logits.argmax(1) for logits in self.judge(out)], dim=1)
@@ -2001,13 +1716,9 @@ class AttributeMetrics:
         per_group = {}
         for g in self.attrs.manipulated:
             n = self.sums[g].pop("images", 0)
-            m = {k: v / n for k, v in self.sums[g].items()} if n else {}
-            m["images"] = int(n)
+            m = {**({k: v / n for k, v in self.sums[g].items()} if n else {}), "images": int(n)}
             if not self.toy and n:
-                fake = torch.cat(self.fake[g])
-                m["kid_subsets_x100"] = [100 * v for v in kid_subsets(self.real, fake)]
-                m["kid_blocks_x100"] = [100 * v for v in kid_blocks(self.real, fake)]
-                m["fid"] = fid_from_features(self.real, fake)
+                m.update(_kid_fid(self.real, torch.cat(self.fake[g])))
             per_group[self.attrs.names[g]] = m
         scalars = [k for k, v in next(iter(per_group.values())).items() if isinstance(v, float)]
         self.results.update(per_group)
@@ -2021,9 +1732,7 @@ def write_metrics(out, results):
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}
-    for k, v in results.items():
-        if not isinstance(v, dict):
-            print(f"{k}: {v}")
+    print("\n".join(f"{k}: {v}" for k, v in results.items() if not isinstance(v, dict)))
     cols = sorted({c for r in rows.values() for c in r})
     fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list)  # noqa: E731
                      else f"{v:.4g}" if isinstance(v, float) else str(v))

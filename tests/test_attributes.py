@@ -1,5 +1,5 @@
-"""common.py's attribute data (CelebA and labels.csv readers, toy-attr, AttributeSet) and the StarGAN
-building blocks shared by amgan.py and camconsistency.py."""
+"""common.py's attribute data (CelebA and labels.csv readers, toy-attr, AttributeSet), and the StarGAN
+networks and losses that amgan.py and camconsistency.py each hold."""
 import argparse
 import random
 
@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+import amgan
+import camconsistency
 import common
 
 NAMES = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
@@ -137,11 +139,11 @@ def test_labels_csv_dataset_splits_a_tenth_for_testing_and_selects_attrs(tmp_pat
 
 
 def test_toy_attr_labels_match_the_rendered_samples():
-    labels = common.toy_attr_labels("test")
+    labels = common.ToyDataset("toy-attr", "test", 32).labels
     assert labels.shape == (200, 4)
     for i in (0, 7, 199):
         assert torch.equal(labels[i], common.toy_render("toy-attr", "test", i, 32)["labels"])
-    ds = common.ToyAttr("train", 32)
+    ds = common.ToyDataset("toy-attr", "train", 32)
     item = ds[(5, 123)]
     assert torch.equal(item["labels"], ds.labels[5]) and item["mask_sleeves"].shape == (1, 32, 32)
 
@@ -157,7 +159,7 @@ def test_attribute_set_vectors_changes_and_targets():
     assert target.tolist() == [[2, 1, 0], [2, 0, 1]] and valid.tolist() == [False, True]
     assert attrs.parse_target("sleeve=long,color=g") == [(1, 1), (0, 1)]
     logits = torch.tensor([[0.0, 5.0, 1.0, 2.0, -1.0]])
-    assert attrs.labels_from_logits(logits).tolist() == [[1, 0, 0]]
+    assert camconsistency.labels_from_logits(attrs, logits).tolist() == [[1, 0, 0]]
     for bad, message in (("size=l", "not a manipulated attribute"), ("color=purple", "not a value of color"), (",", "names no")):
         with pytest.raises(common.UserError, match=message):
             attrs.parse_target(bad)
@@ -177,15 +179,17 @@ def test_celeba_hair_colours_stay_exclusive_and_binary_grid_targets_flip():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_stargan_parameter_counts_equal_official():
+@pytest.mark.parametrize("script", [camconsistency, amgan])
+def test_stargan_parameter_counts_equal_official(script):
     with torch.device("meta"):
-        gen = nn.Sequential(common.star_generator_body(3 + 5, 64, 6), nn.Conv2d(64, 3, 7, 1, 3, bias=False))
-        assert common.count_params(gen) == 8_430_528
-        assert common.count_params(common.StarDiscriminator(128, 64, 5, 6)) == 44_762_048
+        gen = camconsistency.Generator(5, 64, 6) if script is camconsistency else amgan.Generator(5, 64, 6)
+        head = 7 * 7 * 64 if script is amgan else 0  # AMGAN's attention head, conv7 64 -> 1
+        assert common.count_params(gen) - head == 8_430_528
+        assert common.count_params(script.Discriminator(128, 64, 5, 6)) == 44_762_048
 
 
 def test_star_discriminator_shapes_and_feature_layer():
-    disc = common.StarDiscriminator(64, 4, 7, 5)
+    disc = camconsistency.Discriminator(64, 4, 7, 5)
     src, cls, feature = disc(torch.randn(2, 3, 64, 64), feature_layer=3)
     assert src.shape == (2, 1, 2, 2) and cls.shape == (2, 7) and feature.shape == (2, 16, 8, 8)
     assert torch.equal(disc(torch.zeros(1, 3, 64, 64))[1], disc(torch.zeros(1, 3, 64, 64), feature_layer=1)[1])
@@ -202,21 +206,23 @@ class LinearCritic(nn.Module):
         return ((x * self.w).sum(dim=(1, 2, 3)),)
 
 
-def test_gradient_penalty_of_a_linear_critic_is_its_closed_form():
+@pytest.mark.parametrize("script", [camconsistency, amgan])
+def test_gradient_penalty_of_a_linear_critic_is_its_closed_form(script):
     w = torch.full((3, 4, 4), 0.5)  # ||w|| = 0.5 * sqrt(48)
-    penalty = common.gradient_penalty(LinearCritic(w), torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4))
+    penalty = script.gradient_penalty(LinearCritic(w), torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4))
     assert penalty.item() == pytest.approx((0.5 * 48 ** 0.5 - 1) ** 2, rel=1e-5)
     critic = LinearCritic(w)
-    common.gradient_penalty(critic, torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)).backward()
+    script.gradient_penalty(critic, torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)).backward()
     assert critic.w.grad is not None and critic.w.grad.abs().sum() > 0  # differentiable in D (create_graph)
 
 
-def test_classification_loss_is_bce_summed_over_binary_attributes_and_ce_per_group():
+@pytest.mark.parametrize("script", [camconsistency, amgan])
+def test_classification_loss_is_bce_summed_over_binary_attributes_and_ce_per_group(script):
     binary = common.select_attributes(NAMES[:3], [["0", "1"]] * 3, [True] * 3, None, NAMES[:3])
     logits, labels = torch.randn(4, 3), torch.randint(0, 2, (4, 3))
     expected = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="sum") / 4  # StarGAN's CelebA loss
-    assert common.attribute_classification_loss(binary, logits, labels).item() == pytest.approx(expected.item())
+    assert script.classification_loss(binary, logits, labels).item() == pytest.approx(expected.item())
     groups = common.select_attributes(["a", "b"], [["x", "y", "z"], ["u", "v"]], [False, False], None, ["a", "b"])
     logits, labels = torch.randn(4, 5), torch.tensor([[0, 1], [2, 0], [1, 1], [0, 0]])
     expected = F.cross_entropy(logits[:, :3], labels[:, 0]) + F.cross_entropy(logits[:, 3:], labels[:, 1])
-    assert common.attribute_classification_loss(groups, logits, labels).item() == pytest.approx(expected.item())
+    assert script.classification_loss(groups, logits, labels).item() == pytest.approx(expected.item())

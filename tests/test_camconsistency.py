@@ -36,7 +36,7 @@ def test_grad_cam_on_the_last_map_equals_its_closed_form():
     """On D's last map the classifier is one linear conv covering the map: cls_j = sum_{k,u,v} W_jkuv A_kuv.
     So ds/dA_kuv = sum_j w_j W_jkuv, alpha_k is its spatial mean, M = ReLU(sum_k alpha_k A_k) / max."""
     torch.manual_seed(0)
-    disc = common.StarDiscriminator(32, 4, 3, 3)  # last map 4x4, cls kernel 4
+    disc = camconsistency.Discriminator(32, 4, 3, 3)  # last map 4x4, cls kernel 4
     x = torch.randn(2, 3, 32, 32)
     weights = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # image 0: attribute 0 gained, 1 lost; image 1: 2 lost
     _, cls, feature = disc(x, feature_layer=3)
@@ -50,7 +50,7 @@ def test_grad_cam_on_the_last_map_equals_its_closed_form():
 
 
 def test_grad_cam_of_an_unchanged_image_is_zero_so_everything_is_preserved():
-    disc = common.StarDiscriminator(32, 4, 3, 3)
+    disc = camconsistency.Discriminator(32, 4, 3, 3)
     _, cls, feature = disc(torch.randn(1, 3, 32, 32), feature_layer=2)
     cam = camconsistency.grad_cam(cls, feature, torch.zeros(1, 3), create_graph=False)
     assert torch.equal(cam, torch.zeros_like(cam))
@@ -62,7 +62,7 @@ def grads_of(module):
 
 def test_d_term_gives_d_gradients_through_the_map_and_g_none():
     torch.manual_seed(0)
-    gen, disc = camconsistency.Generator(3, 4, 1), common.StarDiscriminator(32, 4, 3, 4)
+    gen, disc = camconsistency.Generator(3, 4, 1), camconsistency.Discriminator(32, 4, 3, 4)
     x, c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.eye(3)[[0, 2]]
     fake = gen(x, c)
     _, cls, feature = disc(fake.detach(), feature_layer=2)

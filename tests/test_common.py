@@ -151,12 +151,7 @@ def test_image_pool_history_and_state():
 
 def test_patchgan_parameter_count():
     assert common.count_params(common.PatchGAN()) == 2_764_737
-    d = common.PatchGAN(ndf=8)
-    x = torch.randn(2, 3, 64, 64)
-    y = d(x)
-    d.drop_norm()
-    assert y.shape == (2, 1, 6, 6) and not any(isinstance(m, torch.nn.InstanceNorm2d) for m in d.modules())
-    assert not torch.allclose(d(x), y)
+    assert common.PatchGAN(ndf=8)(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
 
 
 def test_checkpoint_round_trip_and_rng(tmp_path):

@@ -156,13 +156,13 @@ def test_toy_dataset():
     ds = ToyDataset("toy-attr", "test", 32)
     assert len(ds) == TOY_SPLIT_SIZES["test"]
     item = ds[5]
-    assert set(item) == {"image", "mask", "mask_torso", "mask_sleeves", "labels", "name"}
+    assert set(item) == {"image", "mask", "mask_torso", "mask_sleeves", "labels", "name", "skipped"}
     assert item["labels"].dtype == torch.long and item["labels"].shape == (4,)
     assert torch.equal(item["image"], toy_render("toy-attr", "test", 5, 32)["image"])
     with pytest.raises(IndexError):
         ds[len(ds)]
     ds_b = ToyDataset("toy", "train", 32, domain="B")
-    assert len(ds_b) == TOY_SPLIT_SIZES["train"] and set(ds_b[0]) == {"image", "mask", "name"}
+    assert len(ds_b) == TOY_SPLIT_SIZES["train"] and set(ds_b[0]) == {"image", "mask", "name", "skipped"}
     with pytest.raises(ValueError):
         ToyDataset("toy", "train", 32)
 

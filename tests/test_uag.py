@@ -93,7 +93,7 @@ def test_discriminator_sees_masked_images_after_the_switch_and_attention_is_froz
     uag.switch_discriminators(nets)
     seen.clear()
     step(True)
-    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in nets["disc_b"].modules())
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in nets["disc_b"].modules())  # D drops its norm
     assert not any(p.requires_grad for p in nets["att_a"].parameters())
     for k, v in nets["att_a"].state_dict().items():
         assert torch.equal(v, att_before[k]), k  # frozen from the switch on
