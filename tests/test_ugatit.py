@@ -325,3 +325,20 @@ def test_one_pass_layer_instance_norm_equals_the_two_pass_formula():
     a_ln = (x - x.mean((1, 2, 3), keepdim=True)) / torch.sqrt(x.var((1, 2, 3), keepdim=True) + 1e-5)
     expected = gamma * (rho * a_in + (1 - rho) * a_ln) + beta  # the official code, line by line
     assert torch.allclose(ugatit.layer_instance_norm(x, rho, gamma, beta, 1e-5), expected, atol=1e-5)
+
+
+def test_ugatit_and_common_alone_in_an_empty_folder_train_test_and_eval(tmp_path, data_root):
+    """The design's promise: copy ugatit.py and common.py anywhere and they run on their own."""
+    import shutil
+    for name in ("ugatit.py", "common.py"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    env = dict(os.environ, PYTHONPATH="", OMP_NUM_THREADS="1")
+    run = lambda *argv: subprocess.run([sys.executable, "ugatit.py", *argv, "--data_root", data_root],  # noqa: E731
+                                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    for argv in (["--iters", "2", *TINY], ["--phase", "test", "--direction", "a2b", "--workers", "0"],
+                 ["--phase", "eval", "--direction", "a2b", "--workers", "0"]):
+        r = run(*argv)
+        assert r.returncode == 0, r.stderr
+    assert set(os.listdir(tmp_path)) - {"__pycache__"} == {"common.py", "results", "ugatit.py"}
+    assert len(os.listdir(tmp_path / "results" / "ugatit_toy" / "test" / "a2b")) == 400
+    assert json.load(open(tmp_path / "results" / "ugatit_toy" / "metrics.json"))["a2b"]["images"] == 200
