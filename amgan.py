@@ -693,12 +693,12 @@ def region_metrics(args, attrs, manipulator, regions, device):
 
 @torch.no_grad()
 def sample_grid(nets, attrs, manipulator, path, x, labels):
-    """Per row: the input, then per manipulation (every value of each categorical group, the flip of
-    each binary attribute) the mask over the input and the output."""
+    """Per row: the input, then per manipulation (every value of every manipulated attribute) the mask
+    over the input and the output."""
     for net in nets.values():
         net.eval()
     columns = [x]
-    for group, target in attrs.grid_targets(labels):
+    for group, _, target, _ in attrs.changes(labels):
         out, mask, _, _ = manipulator(x, labels, target, group)
         columns += [common.heat_overlay(mask, x), out]
     common.save_grid(path, columns)
@@ -793,8 +793,11 @@ def main(argv=None):
         epilog="Defaults are the paper's. On the toy dataset (the default --data toy-attr) flags not given on the "
                "command line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
     common.add_common_flags(parser, SCRIPT, extra_phases=("classifier",), data="toy-attr")
-    common.add_attribute_flags(parser)
     add = parser.add_argument
+    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
+        f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
+    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
+        "(default: every value of every manipulated attribute)")
     parser.set_defaults(img_size=128, batch_size=16, iters=80_000, lr=1e-4, save_every=5000)
     add("--conv_dim", type=int, default=64, help="generator base channels")
     add("--d_conv_dim", type=int, default=64, help="discriminator base channels")

@@ -41,6 +41,7 @@ Deviations from the paper / official code:
 import argparse
 import math
 import os
+import random
 
 import torch
 import torch.nn as nn
@@ -60,12 +61,25 @@ RELEASED_PRESET = dict(n_epochs=60, n_epochs_decay=0, batch_size=4)
 # =============================================================================================
 
 
+class ResnetBlock(nn.Module):
+    """CycleGAN's residual block: x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        conv = lambda: nn.Conv2d(dim, dim, 3, bias=True)  # noqa: E731
+        self.block = nn.Sequential(nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim), nn.ReLU(True),
+                                   nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
 def encoder(ngf, n_res):
     """c7s1-64, d128, d256, 9 residual blocks (CycleGAN's generator trunk; conv biases on, IN without affine)."""
     layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
     for mult in (1, 2):
         layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
-    layers += [common.ResnetBlock(ngf * 4, bias=True) for _ in range(n_res)]
+    layers += [ResnetBlock(ngf * 4) for _ in range(n_res)]
     return nn.Sequential(*layers)
 
 
@@ -121,6 +135,22 @@ class GeneratorI(nn.Module):
         return compose(content, attention, x), attention, content
 
 
+class PatchGAN(nn.Module):
+    """The 70x70 PatchGAN of CycleGAN (n_layers 3): conv4 s2 stack, IN, LeakyReLU 0.2, one logit per patch."""
+
+    def __init__(self, in_ch=3, ndf=64, n_layers=3):
+        super().__init__()
+        chans = [in_ch] + [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
+        layers = [nn.Conv2d(chans[0], chans[1], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for i in range(1, n_layers + 1):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 4, 2 if i < n_layers else 1, 1),
+                       nn.InstanceNorm2d(chans[i + 1]), nn.LeakyReLU(0.2, True)]
+        self.model = nn.Sequential(*layers, nn.Conv2d(chans[-1], 1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.model(x)
+
+
 def check_img_size(args):
     """Exit 2 on an image size the networks cannot take."""
     if args.img_size % 4 or args.img_size < 32:
@@ -136,9 +166,9 @@ def build_networks(args):
     make_gen = (lambda: GeneratorII(args.ngf, args.n_res, args.n_masks)) if args.scheme == "II" else \
         (lambda: GeneratorI(args.ngf, args.n_res))
     nets = {"gen_a2b": make_gen(), "gen_b2a": make_gen(),
-            "disc_a": common.PatchGAN(3, args.ndf), "disc_b": common.PatchGAN(3, args.ndf)}
+            "disc_a": PatchGAN(3, args.ndf), "disc_b": PatchGAN(3, args.ndf)}
     if args.scheme == "I":  # attention-guided discriminators: 1 attention channel + RGB (deviation 1)
-        nets["disc_att_a"], nets["disc_att_b"] = common.PatchGAN(4, args.ndf), common.PatchGAN(4, args.ndf)
+        nets["disc_att_a"], nets["disc_att_b"] = PatchGAN(4, args.ndf), PatchGAN(4, args.ndf)
     for net in nets.values():
         common.init_normal(net)  # the official init_type normal, gain 0.02
     if args.bg_init:
@@ -170,6 +200,39 @@ def total_variation(mask):
     vertical = (mask[:, :, 1:] - mask[:, :, :-1]).abs().sum((1, 2, 3))
     horizontal = (mask[..., 1:] - mask[..., :-1]).abs().sum((1, 2, 3))
     return (vertical + horizontal).mean()
+
+
+class ImagePool:
+    """CycleGAN's history of generated images, which the discriminators see instead of the newest
+    fakes half of the time once it is full (the new one is stored in place of the returned one).
+    Items are tuples of tensors: (image,), or (image, mask) for Scheme I's attention-guided Ds."""
+
+    def __init__(self, size, seed=0):
+        self.size, self.items, self.rng = size, [], random.Random(seed)
+
+    def query(self, *tensors):
+        if self.size == 0:
+            return tensors
+        out = [[] for _ in tensors]
+        for i in range(tensors[0].shape[0]):
+            item = tuple(t[i:i + 1].detach() for t in tensors)
+            if len(self.items) < self.size:
+                self.items.append(item)
+            elif self.rng.random() > 0.5:
+                j = self.rng.randrange(self.size)
+                self.items[j], item = item, self.items[j]
+            for k, t in enumerate(item):
+                out[k].append(t)
+        return tuple(torch.cat(o) for o in out)
+
+    def state_dict(self):
+        version, state, gauss = self.rng.getstate()
+        return {"items": [list(item) for item in self.items], "rng": [version, list(state), gauss]}
+
+    def load_state_dict(self, state, device="cpu"):
+        self.items = [tuple(t.to(device) for t in item) for item in state["items"]]
+        version, rng_state, gauss = state["rng"]
+        self.rng.setstate((version, tuple(rng_state), gauss))
 
 
 # =============================================================================================
@@ -254,9 +317,11 @@ def train(args, dist_, device, nets):
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
+    pools = {d: ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
     train_a, train_b = common.two_domain_train_sets(args)
-    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.n_epochs + args.n_epochs_decay, dist_)
+    if args.iters is None:  # CycleGAN's epoch: a pass over the larger domain, all processes together
+        epochs, n_images = args.n_epochs + args.n_epochs_decay, max(len(train_a), len(train_b))
+        args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
     start_step, extra = 0, {}
     if args.phase == "train":
         common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json

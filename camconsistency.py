@@ -354,7 +354,7 @@ def sample_grid(args, attrs, nets, path, real, labels):
     for net in nets.values():
         net.eval()
     columns = [real]
-    for _, target in attrs.grid_targets(labels):
+    for _, _, target, _ in attrs.changes(labels):
         out, cam = manipulate(args, attrs, nets, real, labels, target)
         columns += [common.heat_overlay(cam, out), out]
     common.save_grid(path, columns)
@@ -429,8 +429,11 @@ def main(argv=None):
                "given on the command line come from the toy preset: "
                + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
     common.add_common_flags(parser, SCRIPT, data="toy-attr")
-    common.add_attribute_flags(parser)
     add = parser.add_argument
+    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
+        f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
+    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
+        "(default: every value of every manipulated attribute)")
     parser.set_defaults(img_size=128, batch_size=16, iters=200_000, lr=1e-4)
     add("--iters_decay", type=int, default=None, help="last iterations over which the lr decays linearly to 0 "
         "(default: half of --iters, StarGAN's 100,000 of 200,000)")

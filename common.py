@@ -3,12 +3,12 @@
 Everything a paper is about (its networks, losses, training step and loop, pictures) is in its own
 script. This module offers nouns the scripts use, never a control flow that calls back into them:
 
- 1. Flags ............ UserError, cli, add_common_flags, add_attribute_flags, parse_args (presets)
+ 1. Flags ............ UserError, cli, add_common_flags, parse_args (presets)
  2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
  3. Data ............. image folders (ImageFiles, train_batches, test_split, test_batches,
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
- 4. Shared blocks .... ResnetBlock, PatchGAN, lsgan, init_normal, ImagePool
+ 4. Shared blocks .... lsgan, init_normal, count_params
  5. Checkpoint, log .. save_checkpoint, load_checkpoint, prepare_out, RunLog, CtrlC, Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
  7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
@@ -25,8 +25,7 @@ import random
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.request  # and urllib.error
 import warnings
 import zipfile
 
@@ -40,9 +39,7 @@ from PIL import Image
 from torchvision.models import inception as tv_inception
 from tqdm import tqdm
 
-# =============================================================================================
-# 1. Flags
-# =============================================================================================
+# ==================== 1. Flags ======================================================================================
 
 
 class UserError(Exception):
@@ -58,18 +55,12 @@ class Interrupted(Exception):
 
 
 def cli(main):
-    """Run `main()`, turning the three exceptions above into a message on stderr and an exit code."""
+    """Run `main()`; the three exceptions above become their message on stderr and their exit code."""
     try:
         main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        sys.exit(1)
-    except Interrupted as e:
-        print(f"\ninterrupted: {e}", file=sys.stderr)
-        sys.exit(130)
+    except (UserError, Diverged, Interrupted) as e:
+        print(f"{chr(10) + 'interrupted' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
+        sys.exit({UserError: 2, Diverged: 1, Interrupted: 130}[type(e)])
 
 
 def add_common_flags(parser, script, extra_phases=(), data="toy"):
@@ -103,15 +94,6 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--inception_weights", default=None, help="eval: path of pt_inception-2015-12-05-6726825d.pth (FID Inception)")
 
 
-def add_attribute_flags(parser):
-    """--attrs and --target, for amgan.py and camconsistency.py."""
-    add = parser.add_argument
-    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
-        f"CelebA {','.join(CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
-    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
-        "(default: every value of every manipulated attribute)")
-
-
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
 PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input",
                   "amp", "compile", "inception_weights"}
@@ -132,10 +114,9 @@ def _given_flags(parser, argv):
 
 
 def parse_args(parser, argv, script, presets, arch_flags):
-    """Parse the command line, then fill the flags it did not give. Training a new run: from
-    `presets["toy"]` on a toy dataset, else `presets["real"]` (the parser defaults are the paper's
-    settings). Test, eval and --resume: from the checkpoint's saved arguments, so `--phase eval`
-    needs no architecture flags; an architecture flag that contradicts the checkpoint is an error."""
+    """Parse the command line, then fill the flags it did not give: a new run from `presets["toy"]` on
+    toy data, else `presets["real"]` (the parser defaults are the paper's); test, eval and --resume from
+    the checkpoint's saved arguments (an architecture flag that contradicts them is an error)."""
     args = parser.parse_args(argv)
     given = _given_flags(parser, argv)
     if args.download is not None:
@@ -167,9 +148,7 @@ def parse_args(parser, argv, script, presets, arch_flags):
     return args
 
 
-# =============================================================================================
-# 2. Device, seed, precision, schedule, torchrun
-# =============================================================================================
+# ==================== 2. Device, seed, precision, schedule, torchrun ================================================
 
 
 def seed_everything(seed):
@@ -191,35 +170,30 @@ def pick_device(args, local_rank=0):
     device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     elif args.amp:
         warnings.warn("--amp (bf16 autocast) is only used on CUDA; running in fp32")
         args.amp = False
     return device
 
 
-def autocast(args, device):
-    """bf16 autocast under --amp on CUDA, a no-op context otherwise."""
+def autocast(args, device):  # bf16 under --amp on CUDA, else a no-op context
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(args.amp) and device.type == "cuda")
 
 
-def to_device(module, device):
-    """Move a network to the device; channels_last on CUDA."""
+def to_device(module, device):  # channels_last on CUDA
     return module.to(device, memory_format=torch.channels_last) if device.type == "cuda" else module.to(device)
 
 
-def adam(params, lr, betas, device, weight_decay=0.0):
-    """Adam: fused on CUDA, multi-tensor (foreach) elsewhere."""
+def adam(params, lr, betas, device, weight_decay=0.0):  # fused on CUDA, multi-tensor (foreach) elsewhere
     cuda = device.type == "cuda"
     return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=cuda or None,
                             foreach=None if cuda else True)
 
 
 def set_lr(optimizers, lr):
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = lr
+    for group in (g for opt in optimizers for g in opt.param_groups):
+        group["lr"] = lr
 
 
 def linear_decay(step, base_lr, total, decay_start):
@@ -227,14 +201,6 @@ def linear_decay(step, base_lr, total, decay_start):
     if step <= decay_start or total <= decay_start:
         return base_lr
     return base_lr * max(0.0, (total - step) / (total - decay_start))
-
-
-def epochs_to_iters(args, n_images, epochs, dist_):
-    """Fill args.iters (None: not given) with `epochs` passes over the larger domain of `n_images`
-    images, at --batch_size per process and all processes together (CycleGAN's epoch)."""
-    if args.iters is None:
-        args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
-    return args.iters
 
 
 def peak_memory_mb(device):
@@ -249,8 +215,7 @@ def peak_memory_mb(device):
 
 
 class Dist:
-    """torchrun's data parallelism: rank and world size of this process (world 1 without torchrun),
-    gradients averaged over ranks, rank 0 writes the files."""
+    """torchrun's data parallelism: this process's rank (world 1 without torchrun), gradient averaging."""
 
     def __init__(self, device_flag):
         self.world, self.rank, self.local_rank = (int(os.environ.get(k, d)) for k, d in
@@ -271,8 +236,7 @@ class Dist:
                 dist.broadcast(t.data, 0)
 
     def average_gradients(self, modules):
-        """All-reduce the gradients (mean over ranks) in one flat buffer: what DDP does, without
-        DDP's restrictions on calling a network several times per step."""
+        """The mean gradient over the ranks, one all-reduce: DDP's work without DDP's one-call-per-step rule."""
         if self.world == 1:
             return
         grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
@@ -291,25 +255,20 @@ class Dist:
         return bool(t.item())
 
     def check_replicas(self, modules):
-        """Check that all ranks hold the same weights; prints one line on rank 0."""
-        if self.world == 1:
-            return True
-        fp = torch.tensor([sum(p.detach().double().sum().item() for m in modules for p in m.parameters())],
-                          dtype=torch.float64, device=self.device)
-        gathered = [torch.zeros_like(fp) for _ in range(self.world)]
-        dist.all_gather(gathered, fp)
-        same = all(torch.equal(g, gathered[0]) for g in gathered)
-        print(f"replicas identical: {same} ({self.world} processes)" if self.main else "", end="\n" * self.main)
-        return same
+        """Print on rank 0 whether all ranks hold the same weights (the same float64 sum of them)."""
+        if self.world > 1:
+            total = torch.stack([p.detach().double().sum() for m in modules for p in m.parameters()]).sum()
+            extremes = torch.stack([total, -total]).to(self.device)
+            dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # -> (max, -min) over the ranks
+            if self.main:
+                print(f"replicas identical: {bool(extremes[0] == -extremes[1])} ({self.world} processes)")
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-# =============================================================================================
-# 3. Data: unpaired image folders (the CycleGAN / U-GAT-IT layout), download
-# =============================================================================================
+# ==================== 3. Data: unpaired image folders (the CycleGAN / U-GAT-IT layout), download ====================
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CYCLEGAN_DATASETS = ("horse2zebra", "apple2orange", "summer2winter_yosemite", "monet2photo", "cezanne2photo",
@@ -319,15 +278,13 @@ SELFIE2ANIME_URL = "https://drive.google.com/file/d/1xOWj1UVgp6NKMT3HbPhBbtq2A4E
 _stats = {"skipped": 0}  # unreadable images skipped so far (counted in the main process)
 
 
-def list_images(folder):
-    """All image files under `folder`, recursively, sorted."""
+def list_images(folder):  # all image files under `folder`, recursively, sorted
     return sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
                   if f.lower().endswith(IMG_EXTS))
 
 
 def ugatit_transform(im, size, rng):
-    """U-GAT-IT's training transform: flip, resize to size+30 (square), random crop to size.
-    `rng` is a random.Random seeded per sample, so data is reproducible whatever the workers."""
+    """U-GAT-IT's: flip, resize to size+30, random crop to size; `rng` is seeded per sample (any workers)."""
     if rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
     im = im.resize((size + 30, size + 30), Image.BILINEAR)
@@ -336,11 +293,10 @@ def ugatit_transform(im, size, rng):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images of one domain and split as {'image' (3, S, S) in [-1, 1], 'name', 'skipped'}. Items are
-    indices, or (index, augmentation seed) pairs from InfiniteSampler. An unreadable file is skipped
-    (the next one is used) and counted. Grey, RGBA and palette images become RGB. `labels` ((len, G))
-    adds each image's attribute labels; `transform(im, size, rng)` replaces the U-GAT-IT transform
-    (rng is None at test time, where the image is resized to size x size)."""
+    """Images of one domain and split: {'image' (3, S, S) in [-1, 1], 'name', 'skipped'} per index or
+    (index, augmentation seed) pair. An unreadable file is skipped (the next one serves) and counted; grey,
+    RGBA and palette images become RGB. `labels` (len, G) adds each image's labels; `transform(im, size,
+    rng)` replaces U-GAT-IT's (rng is None at test time, where images are resized to size x size)."""
 
     def __init__(self, files, size, train, root=None, labels=None, transform=None):
         self.files, self.size, self.train, self.root = files, size, train, root
@@ -376,9 +332,8 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 class InfiniteSampler(torch.utils.data.Sampler):
-    """Endless shuffled (index, augmentation seed) stream, a function of (seed, position) only,
-    so a run resumed at step s sees exactly the data an uninterrupted run sees. Under torchrun,
-    rank r takes positions r, r+K, r+2K, ... of one shared permutation per epoch."""
+    """An endless shuffled (index, augmentation seed) stream, a function of (seed, position) only: a
+    resumed run sees the data an uninterrupted one sees. Rank r of K takes positions r, r+K, ..."""
 
     def __init__(self, n, seed, start=0, rank=0, world=1):
         self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
@@ -395,9 +350,8 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
 
 def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, labels=False):
-    """Endless training batches on the device from `start_step` on: images, or (images, labels) with
-    `labels`. Workers, pin_memory, persistent workers. Creating it draws the DataLoader's base seed
-    from the global torch RNG."""
+    """Endless device batches from `start_step` on: images, or (images, labels) with `labels`.
+    Creating it draws the DataLoader's base seed from the global torch RNG."""
     sampler = InfiniteSampler(len(dataset), args.seed + seed_offset, start_step * args.batch_size,
                               dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
@@ -444,8 +398,7 @@ def unpaired_split(args, split, domain, train):
 
 
 def two_domain_train_sets(args):
-    """(train A, train B) datasets for the two-domain scripts. The toy data is the same for every
-    --seed (seed 0), so that runs with different seeds are evaluated on the same test images."""
+    """(train A, train B); the toy data is seed 0's for every --seed, so runs share their test images."""
     if args.data == "toy-attr":
         raise UserError("toy-attr is a multi-attribute dataset (amgan.py, camconsistency.py); "
                         "two-domain scripts take --data toy or toy-shape.")
@@ -474,20 +427,17 @@ def test_batches(dataset, args, batch_size=16):
 
 def input_images(args):
     """--input: one image file or a folder of them, as one batch {'image', 'name'} at --img_size."""
-    files = [args.input] if os.path.isfile(args.input) else list_images(args.input) if os.path.isdir(
-        args.input) else None
+    files = [args.input] if os.path.isfile(args.input) else list_images(args.input)
     if not files:
         raise UserError(f"--input {args.input} is neither an image file nor a folder holding images "
                         f"({', '.join(IMG_EXTS)}).")
     root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
-    dataset = ImageFiles(files, args.img_size, train=False, root=root)
-    items = [dataset[i] for i in range(len(files))]
+    items = [ImageFiles(files, args.img_size, train=False, root=root)[i] for i in range(len(files))]
     return {"image": torch.stack([i["image"] for i in items]), "name": [i["name"] for i in items]}
 
 
 def download_dataset(name, data_root, url=None):
-    """Fetch a CycleGAN dataset zip with a progress bar and unpack it to <data_root>/<name>.
-    `url` overrides the Berkeley address (tests use a file:// URL)."""
+    """Fetch a CycleGAN dataset zip (or `url`, e.g. a file:// one) and unpack it to <data_root>/<name>."""
     target = os.path.join(data_root, name)
     if name == "selfie2anime":
         raise UserError(f"selfie2anime is on Google Drive and cannot be fetched by script: download it from "
@@ -525,9 +475,7 @@ def download_dataset(name, data_root, url=None):
     return target
 
 
-# ---------------------------------------------------------------------------------------------
-# Attribute data (amgan.py, camconsistency.py): CelebA, labels.csv, toy-attr
-# ---------------------------------------------------------------------------------------------
+# -------------------- Attribute data (amgan.py, camconsistency.py): CelebA, labels.csv, toy-attr --------------------
 
 CELEBA_ATTR_FILE = "list_attr_celeba.txt"
 CELEBA_DEFAULT_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
@@ -538,12 +486,10 @@ ATTR_TEST_SIZE = 2000  # test images taken from CelebA and labels.csv datasets (
 
 
 class AttributeSet:
-    """The attribute groups of a dataset, and which of them are manipulated (--attrs).
-
-    A group is categorical (values like color=red, one-hot in label vectors, cross-entropy) or
-    binary (a CelebA attribute, values "0"/"1", one column, BCE). Labels are (N, G) value indices
-    over all G groups; label vectors cover the manipulated groups only, in --attrs order; `slices`
-    maps each manipulated group to its columns there."""
+    """The attribute groups of a dataset and the manipulated ones (--attrs). A group is categorical
+    (values like color=red: one-hot, cross-entropy) or binary (a CelebA attribute: one 0/1 column, BCE).
+    Labels are (N, G) value indices; label vectors hold the manipulated groups in --attrs order, `slices`
+    their columns."""
 
     def __init__(self, names, values, binary, manipulated, exclusive=()):
         self.names, self.values, self.binary = list(names), [list(v) for v in values], list(binary)
@@ -560,23 +506,15 @@ class AttributeSet:
                           else F.one_hot(labels[:, g], len(self.values[g])).float() for g in self.manipulated], 1)
 
     def set_value(self, labels, group, value):
-        """Labels with `group` set to `value` (a number, or one per image); a CelebA hair colour set to
-        1 clears the other selected hair colours."""
+        """Labels with `group` set to `value`; a CelebA hair colour set to 1 clears the other hair colours."""
         out = labels.clone()
         out[:, group] = value
         for other in [o for e in self.exclusive if group in e for o in e - {group}] if self.binary[group] else []:
             out[:, other] = torch.where(out[:, group] == 1, torch.zeros_like(out[:, other]), out[:, other])
         return out
 
-    def grid_targets(self, labels):
-        """The manipulations a sample grid shows: (group, target labels) for every value of each
-        categorical group and the flip of each binary attribute."""
-        for g in self.manipulated:
-            for v in [1 - labels[:, g]] if self.binary[g] else range(len(self.values[g])):
-                yield g, self.set_value(labels, g, v)
-
     def changes(self, labels):
-        """Every single-group manipulation of a batch: (group, value, target labels, valid), where
+        """Every single-group change of a batch (sample grids, test, eval): (group, value, target, valid), where
         `valid` marks the images whose value of that group is not already `value`."""
         for g in self.manipulated:
             for v in range(len(self.values[g])):
@@ -617,9 +555,8 @@ def select_attributes(names, values, binary, attrs_arg, default, exclusive_names
 
 
 def read_celeba_attributes(path):
-    """CelebA's list_attr_celeba.txt: line 1 the image count, line 2 the 40 names, then a file name
-    and 40 values in {1, -1} per line, separated by irregular spaces.
-    Returns (names, files, labels as an (N, 40) LongTensor of 0/1)."""
+    """CelebA's list_attr_celeba.txt (the image count, the 40 names, then a file name and 40 values
+    in {1, -1} per line, irregular spaces) -> (names, files, (N, 40) LongTensor of 0/1)."""
     with open(path) as f:
         lines = f.read().splitlines()
     if len(lines) < 2 or not lines[0].strip().isdigit():
@@ -640,8 +577,7 @@ def read_celeba_attributes(path):
 
 
 def read_labels_csv(path):
-    """The generic categorical table: header 'filename,<attribute>,...', one value name per cell.
-    Returns (names, values per group (sorted), files, labels as an (N, G) LongTensor)."""
+    """The table 'filename,<attribute>,...' with a value name per cell -> (names, values, files, labels)."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -684,13 +620,6 @@ def flip_resize_transform(im, size, rng):
     return im.resize((size, size), Image.BILINEAR)
 
 
-def _attribute_layout_help(root):
-    return (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
-            f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
-            f"{root}/images/; the README says how to convert DeepFashion and Shopping100k). Or run on the embedded "
-            f"toy dataset: --data toy-attr.")
-
-
 def _split_indices(n, test_size):
     """StarGAN's split: shuffle with random.seed(1234), the first `test_size` are the test split."""
     order = list(range(n))
@@ -699,9 +628,8 @@ def _split_indices(n, test_size):
 
 
 def attribute_data(args, split):
-    """(AttributeSet, dataset of one split) for --data toy-attr, a CelebA folder or a labels.csv
-    folder. Items: image, labels (G,), name (toy-attr adds the masks mask, mask_torso, mask_sleeves);
-    the dataset's `labels` holds them all."""
+    """(AttributeSet, one split) for --data toy-attr, a CelebA folder or a labels.csv folder. Items:
+    image, labels (G,), name (toy-attr adds its GT masks); the dataset's `labels` holds them all."""
     if args.data in TOY_NAMES:
         if args.data != "toy-attr":
             raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
@@ -709,6 +637,10 @@ def attribute_data(args, split):
                                   TOY_ATTR_DEFAULT)
         return attrs, ToyDataset("toy-attr", split, args.img_size)
     root = dataset_dir(args)
+    layout = (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
+              f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
+              f"{root}/images/; the README says how to convert DeepFashion and Shopping100k). Or run on the "
+              f"embedded toy dataset: --data toy-attr.")
     if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
         names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
         attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
@@ -720,9 +652,9 @@ def attribute_data(args, split):
         folder, transform = os.path.join(root, "images"), flip_resize_transform
         test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
     else:
-        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {_attribute_layout_help(root)}")
+        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {layout}")
     if not os.path.isdir(folder):
-        raise UserError(f"{folder} does not exist: the images of {root} go there. {_attribute_layout_help(root)}")
+        raise UserError(f"{folder} does not exist: the images of {root} go there. {layout}")
     keep = _split_indices(len(files), test_size)[split]
     if not keep:
         raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
@@ -730,14 +662,11 @@ def attribute_data(args, split):
                              root=folder, labels=labels[keep], transform=transform)
 
 
-# ---------------------------------------------------------------------------------------------
-# The embedded toy datasets (SPEC section 2)
-#
+# -------------------- The embedded toy datasets (SPEC section 2) ----------------------------------------------------
 # Three procedural datasets, deterministic by seed, any image size S >= 16, no files. Every sample
 # comes with its ground-truth masks, which is what makes attention measurable on toy data.
 # Geometry is in pixel units: x runs to the right, y downwards, pixel (row i, column j) has its
 # centre at (x, y) = (j + 0.5, i + 0.5). Colours are built in [0, 1] and returned in [-1, 1].
-# ---------------------------------------------------------------------------------------------
 TOY_NAMES = ("toy", "toy-shape", "toy-attr")
 TOY_ATTRS = {"color": ["red", "green", "blue", "yellow", "white"], "sleeve": ["sleeveless", "short", "long"],
              "size": ["small", "large"], "bg": ["plain", "textured"]}
@@ -746,15 +675,6 @@ TOY_VERSION = 2  # bump when the generators below change: cached judges carry it
 # Shirt base colours (toy-attr), far from the muted grey-ish backgrounds.
 _TOY_SHIRT_RGB = {"red": (0.85, 0.15, 0.15), "green": (0.2, 0.7, 0.25), "blue": (0.15, 0.3, 0.85),
                   "yellow": (0.9, 0.8, 0.15), "white": (0.93, 0.93, 0.93)}
-
-
-def _toy_check(name, split, size, domain):
-    if name not in TOY_NAMES or split not in TOY_SPLIT_SIZES:
-        raise ValueError(f"unknown toy dataset or split {name!r}, {split!r}; choose {TOY_NAMES}, {tuple(TOY_SPLIT_SIZES)}")
-    if int(size) < 16:
-        raise ValueError(f"toy images need a size of at least 16 px, got {size}")
-    if (name == "toy-attr") != (domain is None) or domain not in ("A", "B", None):
-        raise ValueError(f"{name} needs domain='A' or 'B' (toy, toy-shape) or None (toy-attr), got {domain!r}")
 
 
 def _toy_noise_background(rng, size, mean, spread):
@@ -766,15 +686,13 @@ def _toy_noise_background(rng, size, mean, spread):
 
 
 def _toy_object_colour(rng):
-    """A clearly coloured object; value <= 0.75 so that shading by +30% never clips (the image
-    then stays exactly proportional to this colour)."""
+    """A clear colour of value <= 0.75, so that +30% shading never clips."""
     hue = rng.uniform(0.5, 1.05) % 1.0  # cyan, blue, purple, magenta, red: not the grass's greens and yellows
     return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75)), dtype=np.float32)
 
 
 def _toy_shaded(rng, colour, xx, yy, cx, cy, radius):
-    """colour x brightness varying linearly by +-30% across an object of this radius along a
-    random light direction: (3, S, S)."""
+    """(3, S, S): colour x a brightness varying by +-30% across the object along a random direction."""
     phi = rng.uniform(0, 2 * np.pi)
     t = ((xx - cx) * np.cos(phi) + (yy - cy) * np.sin(phi)) / radius
     return colour[:, None, None] * (1 + 0.3 * np.clip(t, -1, 1))[None]
@@ -800,10 +718,8 @@ def _toy_ellipse(rng, domain, xx, yy, size):
 
 
 def _toy_disc_or_square(rng, domain, xx, yy, size):
-    """toy-shape: a disc of radius r (A) or an axis-aligned square of the same area, side r*sqrt(pi)
-    (B). GT mask (both domains) = the square of side 2r around the centre: the bounding box of the
-    union of the object and its equal-area counterpart (the disc's box contains the square, whose
-    half side 0.886r < r), so a correct disc <-> square translation stays inside the mask."""
+    """toy-shape: a disc of radius r (A) or a square of the same area (B). GT mask: the square of side 2r
+    around the centre, which holds both shapes, so a correct disc <-> square translation stays inside it."""
     r = rng.uniform(0.15, 0.27) * size
     cx, cy = rng.uniform(r, size - r, 2)
     dx, dy = np.abs(xx - cx), np.abs(yy - cy)
@@ -813,8 +729,8 @@ def _toy_disc_or_square(rng, domain, xx, yy, size):
 
 
 def _toy_shirt(rng, labels, xx, yy, size):
-    """toy-attr: a shirt (trapezoid torso with a round neckline + two sleeves) on a muted
-    background. Returns background, image, and the masks shirt / torso / sleeves (long extent)."""
+    """toy-attr: a shirt (torso with neckline, two sleeves) on a muted background -> background, image,
+    and the masks shirt, torso, sleeves (long extent)."""
     colour_id, sleeve_id, size_id, bg_id = labels
     # Background: a muted, mid-grey-ish colour; plain, or low- plus higher-frequency noise.
     mean = rng.uniform(0.3, 0.55) + rng.uniform(-0.05, 0.05, 3)
@@ -868,25 +784,17 @@ def _toy_rng(name, split, index, domain, seed):
     return np.random.default_rng(ids)
 
 
-def _toy_attr_draw_labels(rng):
-    """toy-attr's labels: the first draws of each sample's generator (one value per group)."""
-    return [int(rng.integers(len(values))) for values in TOY_ATTRS.values()]
-
-
 def toy_render(name, split, index, size, domain=None, seed=0):
-    """Render sample `index` of a toy dataset at `size` px.
-
-    Returns float32 tensors: image and background (3, S, S) in [-1, 1], mask (1, S, S) in {0, 1};
-    toy-attr adds mask_torso, mask_sleeves and labels (LongTensor of 4 value indices, TOY_ATTRS
-    order). `domain` is 'A' or 'B' for toy/toy-shape and None for toy-attr."""
-    _toy_check(name, split, size, domain)
+    """Sample `index` of a toy dataset at `size` px (`domain` 'A'/'B', or None for toy-attr): float32
+    image and background (3, S, S) in [-1, 1], mask (1, S, S) in {0, 1}; toy-attr adds mask_torso,
+    mask_sleeves and labels (4 value indices, TOY_ATTRS order)."""
     size = int(size)
     rng = _toy_rng(name, split, int(index), domain, int(seed))
     c = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
     xx, yy = np.meshgrid(c, c)
     out = {}
     if name == "toy-attr":
-        labels = _toy_attr_draw_labels(rng)
+        labels = [int(rng.integers(len(values))) for values in TOY_ATTRS.values()]  # the first draws
         background, image, mask, torso, sleeves = _toy_shirt(rng, labels, xx, yy, size)
         out["mask_torso"] = torch.from_numpy(torso[None].astype(np.float32))
         out["mask_sleeves"] = torch.from_numpy(sleeves[None].astype(np.float32))
@@ -910,17 +818,14 @@ def toy_render(name, split, index, size, domain=None, seed=0):
 
 
 class ToyDataset(torch.utils.data.Dataset):
-    """One split (and, for toy/toy-shape, one domain) of a toy dataset, rendered on the fly. Items are
-    toy_render's dicts without the background, with a name (the index) and skipped = 0, as ImageFiles's
-    items; indices may be (index, augmentation seed) pairs, whose seed is unused. For toy-attr,
-    `labels` holds every sample's labels (drawn without rendering)."""
+    """One split (and domain) of a toy dataset, rendered on the fly: toy_render's dicts without the
+    background, with a name (the index) and skipped = 0, as ImageFiles's; toy-attr's `labels` holds all."""
 
     def __init__(self, name, split, size, domain=None, seed=0):
-        _toy_check(name, split, size, domain)
         self.name, self.split, self.size, self.domain, self.seed = name, split, size, domain, seed
-        if name == "toy-attr":
-            self.labels = torch.tensor([_toy_attr_draw_labels(_toy_rng(name, split, i, None, seed))
-                                        for i in range(len(self))], dtype=torch.long)
+        if name == "toy-attr":  # a sample's labels are its generator's first draws: no rendering needed
+            self.labels = torch.tensor([[int(rng.integers(len(v))) for v in TOY_ATTRS.values()] for rng in
+                                        (_toy_rng(name, split, i, None, seed) for i in range(len(self)))])
 
     def __len__(self):
         return TOY_SPLIT_SIZES[self.split]
@@ -934,38 +839,7 @@ class ToyDataset(torch.utils.data.Dataset):
         return {**item, "name": f"{i:05d}", "skipped": 0}
 
 
-# =============================================================================================
-# 4. Shared blocks: networks and losses used by several papers (StarGAN's are in its two scripts)
-# =============================================================================================
-
-
-class ResnetBlock(nn.Module):
-    """x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x) (CycleGAN, U-GAT-IT, AttentionGAN)."""
-
-    def __init__(self, dim, bias):
-        super().__init__()
-        conv = lambda: nn.Conv2d(dim, dim, 3, bias=bias)  # noqa: E731
-        self.block = nn.Sequential(nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim), nn.ReLU(True),
-                                   nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim))
-
-    def forward(self, x):
-        return x + self.block(x)
-
-
-class PatchGAN(nn.Module):
-    """The 70x70 PatchGAN of CycleGAN (n_layers 3): conv4 s2 stack, IN, LeakyReLU 0.2, one logit per patch."""
-
-    def __init__(self, in_ch=3, ndf=64, n_layers=3):
-        super().__init__()
-        chans = [in_ch] + [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
-        layers = [nn.Conv2d(chans[0], chans[1], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for i in range(1, n_layers + 1):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 4, 2 if i < n_layers else 1, 1),
-                       nn.InstanceNorm2d(chans[i + 1]), nn.LeakyReLU(0.2, True)]
-        self.model = nn.Sequential(*layers, nn.Conv2d(chans[-1], 1, 4, 1, 1))
-
-    def forward(self, x):
-        return self.model(x)
+# ==================== 4. Shared blocks: what several papers use (each script holds its own networks) =========
 
 
 def lsgan(x, target):
@@ -986,41 +860,7 @@ def count_params(module):
     return sum(p.numel() for p in module.parameters())
 
 
-class ImagePool:
-    """CycleGAN's history of generated images: once full, half of the time a query returns an older
-    fake (and stores the new one). Items are tuples of tensors, e.g. (image,) or (image, mask)."""
-
-    def __init__(self, size, seed=0):
-        self.size, self.items, self.rng = size, [], random.Random(seed)
-
-    def query(self, *tensors):
-        if self.size == 0:
-            return tensors
-        out = [[] for _ in tensors]
-        for i in range(tensors[0].shape[0]):
-            item = tuple(t[i:i + 1].detach() for t in tensors)
-            if len(self.items) < self.size:
-                self.items.append(item)
-            elif self.rng.random() > 0.5:
-                j = self.rng.randrange(self.size)
-                self.items[j], item = item, self.items[j]
-            for k, t in enumerate(item):
-                out[k].append(t)
-        return tuple(torch.cat(o) for o in out)
-
-    def state_dict(self):
-        version, state, gauss = self.rng.getstate()
-        return {"items": [list(item) for item in self.items], "rng": [version, list(state), gauss]}
-
-    def load_state_dict(self, state, device="cpu"):
-        self.items = [tuple(t.to(device) for t in item) for item in state["items"]]
-        version, rng_state, gauss = state["rng"]
-        self.rng.setstate((version, tuple(rng_state), gauss))
-
-
-# =============================================================================================
-# 5. Checkpoint and run log: one resumable file, log.csv, Ctrl-C, --phase bench
-# =============================================================================================
+# ==================== 5. Checkpoint and run log: one resumable file, log.csv, Ctrl-C, --phase bench =================
 
 CKPT_VERSION = 1  # bump when the checkpoint layout changes; load_checkpoint refuses other versions
 
@@ -1045,8 +885,7 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
-    """Networks, optimizers, step, arguments (plain data), RNG states and the script's `extra`
-    training state (elapsed seconds, image pools, ...); written to a temp file, then os.replace."""
+    """Networks, optimizers, step, args, RNG states and `extra` (elapsed seconds, pools...), atomically."""
     state = {"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args),
              "models": {k: m.state_dict() for k, m in models.items()},
              "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state(), "extra": extra or {}}
@@ -1073,8 +912,7 @@ def _read_checkpoint(path, script):
 
 
 def load_checkpoint(path, script, models, optimizers=None):
-    """Load networks (and optimizers) in place; returns the checkpoint dict (step, args, rng, extra).
-    The RNG states are not restored here: a resumed run sets them once its data streams exist."""
+    """Load networks (and optimizers) in place -> the checkpoint dict; the RNG is restored by the caller."""
     state = _read_checkpoint(path, script)
     try:
         for k, m in models.items():
@@ -1099,43 +937,35 @@ def prepare_out(args, dist_):
 
 
 class RunLog:
-    """log.csv (step, every loss term, lr, seconds, skipped images) and the progress bar.
-
-    add(losses) sums a step's 0-dim loss tensors on the device, without a host sync; a term that
-    only some steps compute (a generator updated every n_critic steps) is averaged over the steps
-    that computed it. write(step, lr) reads the sums back, raises Diverged on a NaN/Inf and appends
-    a row (rank 0). A new run starts a new log; a resumed one keeps the rows up to its step."""
+    """log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar. add(losses) sums
+    0-dim losses on the device (no host sync), each term over the steps that computed it (G: every
+    n_critic); write(step, lr) averages them, raises Diverged on NaN/Inf and rewrites the file (rank 0),
+    so a late term widens the header. A resumed run keeps the rows up to its step, a new one starts anew."""
 
     def __init__(self, args, dist_, start_step, elapsed=0.0):
         self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
-        self.elapsed, self.t0 = elapsed, time.time()
-        self.sums, self.counts, self.first, self.last_saved = {}, {}, start_step + 1, start_step
+        self.t0, self.sums, self.counts = time.time() - elapsed, {}, {}
+        self.first, self.last_saved = start_step + 1, start_step
         self.rows, self.terms = [], []  # the rows written so far, the loss names of the header
-        if self.main and os.path.exists(self.path):
-            if start_step > 0:
-                with open(self.path) as f:
-                    reader = csv.DictReader(f)
-                    self.rows = [r for r in reader if int(r["step"]) <= start_step]
-                    self.terms = [k for k in reader.fieldnames or [] if k not in ("step", *self.TAIL)]
-            os.remove(self.path)
-            if self.rows:
-                self._save(self.rows, "w")
-        stop = min(args.iters, args.stop_at or args.iters)
-        self.bar = tqdm(total=stop, initial=start_step, disable=not self.main, dynamic_ncols=True, mininterval=2,
-                        desc=os.path.basename(args.out))
+        if self.main and os.path.exists(self.path):  # a resumed run keeps the rows up to its step
+            with open(self.path) as f:
+                reader = csv.DictReader(f)
+                self.rows = [r for r in reader if int(r["step"]) <= start_step]
+            tail = ("step", "lr", "seconds", "skipped_images")
+            self.terms = [k for k in reader.fieldnames if k not in tail] if self.rows else []
+            self._save()
+        self.bar = tqdm(total=min(args.iters, args.stop_at or args.iters), initial=start_step, disable=not self.main,
+                        dynamic_ncols=True, mininterval=2, desc=os.path.basename(args.out))
 
-    TAIL = ("lr", "seconds", "skipped_images")
-
-    def _save(self, rows, mode):
-        with open(self.path, mode, newline="") as f:
-            writer = csv.DictWriter(f, ["step", *self.terms, *self.TAIL], restval="")
-            if mode == "w":
-                writer.writeheader()
-            writer.writerows(rows)
+    def _save(self):
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["step", *self.terms, "lr", "seconds", "skipped_images"], restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
 
     def seconds(self):
         """Training time so far, across resumes."""
-        return self.elapsed + time.time() - self.t0
+        return time.time() - self.t0
 
     def add(self, losses):
         for k, v in losses.items():
@@ -1146,26 +976,21 @@ class RunLog:
     def write(self, step, lr):
         if not self.sums:
             return
-        names, counts = list(self.sums), torch.tensor(list(self.counts.values()))
-        values = (torch.stack(list(self.sums.values())).float().cpu() / counts).tolist()
+        counts = torch.tensor(list(self.counts.values()))
+        values = dict(zip(self.sums, (torch.stack(list(self.sums.values())).float().cpu() / counts).tolist()))
         first, self.first, self.sums, self.counts = self.first, step + 1, {}, {}
-        if not all(math.isfinite(v) for v in values):
+        if bad := [k for k, v in values.items() if not math.isfinite(v)]:
             self.bar.close()
-            bad = ", ".join(k for k, v in zip(names, values) if not math.isfinite(v))
-            raise Diverged(f"loss {bad} became NaN/Inf between steps {first} and {step}; training stopped and the "
-                           f"last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}. Try a lower --lr, "
-                           f"or run without --amp.")
-        row = {"step": step, **{k: f"{v:.5g}" for k, v in zip(names, values)}, "lr": f"{lr:.4g}",
+            raise Diverged(f"loss {', '.join(bad)} became NaN/Inf between steps {first} and {step}; training stopped "
+                           f"and the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}. Try a "
+                           f"lower --lr, or run without --amp.")
+        row = {"step": step, **{k: f"{v:.5g}" for k, v in values.items()}, "lr": f"{lr:.4g}",
                "seconds": f"{self.seconds():.1f}", "skipped_images": _stats["skipped"]}
         if self.main:
-            self.bar.set_postfix({k: row[k] for k in names[:4]}, refresh=False)
+            self.bar.set_postfix({k: row[k] for k in list(values)[:4]}, refresh=False)
             self.rows.append(row)
-            new = [k for k in names if k not in self.terms]
-            self.terms += new  # a term logged for the first time widens the header: the file is rewritten
-            if new or not os.path.exists(self.path):
-                self._save(self.rows, "w")
-            else:
-                self._save([row], "a")
+            self.terms += [k for k in values if k not in self.terms]
+            self._save()
 
     def close(self):
         self.bar.close()
@@ -1174,8 +999,7 @@ class RunLog:
 
 
 class CtrlC:
-    """Ctrl-C during training: the current step finishes, then pressed() is true (on every rank under
-    torchrun, where the ranks agree every `every` steps) and the loop saves and raises Interrupted."""
+    """Ctrl-C finishes the step; pressed() then says so (on all ranks, agreeing every `every` steps)."""
 
     def __init__(self, dist_, every):
         self.dist, self.every, self.flag = dist_, every, []
@@ -1189,8 +1013,7 @@ class CtrlC:
 
 
 class Bench:
-    """--phase bench: `for step in bench.steps(): losses = train_step(...)`, then bench.report(losses)
-    prints one JSON line: it/s and images/s of the timed steps after the warm-up, peak memory."""
+    """--phase bench: `for step in bench.steps(): losses = ...`, then report(losses): it/s, img/s, memory."""
 
     def __init__(self, args, device, warmup=3, timed=10):
         self.args, self.device, self.warmup, self.timed = args, device, warmup, timed
@@ -1215,9 +1038,7 @@ class Bench:
         return result
 
 
-# =============================================================================================
-# 6. Pictures: heat colour map, sample grids, image files
-# =============================================================================================
+# ==================== 6. Pictures: heat colour map, sample grids, image files =======================================
 
 
 def jet(x):
@@ -1237,8 +1058,7 @@ def heat_overlay(attention, image, alpha=0.5):
     return (alpha * jet(normalise_map(attention, image.shape[-1])) + (1 - alpha) * (image.float() + 1) / 2) * 2 - 1
 
 
-def grey(mask):
-    """A (N,1,H,W) mask in [0,1] as a black-to-white picture in [-1, 1]."""
+def grey(mask):  # a (N,1,H,W) mask in [0,1] as a black-to-white picture in [-1, 1]
     return mask.float().expand(-1, 3, -1, -1) * 2 - 1
 
 
@@ -1249,8 +1069,7 @@ def save_grid(path, columns):
 
 
 def save_pictures(folder, names, images, attention=None, under=None):
-    """<folder>/<name>.png for each image (in [-1, 1]) and, with `attention`, <name>_attention.png:
-    the map as a heat overlay on `under` (default: the image itself)."""
+    """<folder>/<name>.png per image and, with `attention`, <name>_attention.png over `under` (or it)."""
     under = images if under is None else under
     for i, name in enumerate(names):
         path = os.path.join(folder, name)
@@ -1260,14 +1079,11 @@ def save_pictures(folder, names, images, attention=None, under=None):
             overlay = heat_overlay(attention[i:i + 1], under[i:i + 1])[0]
             torchvision.utils.save_image((overlay.detach().float().cpu() + 1) / 2, f"{path}_attention.png")
 
-# =============================================================================================
-# 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json
-# =============================================================================================
+# ==================== 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json =======
 
 
 class ToyJudge(nn.Module):
-    """Small CNN that classifies toy images: the domain (A=0, B=1) for toy/toy-shape, one head per
-    attribute group for toy-attr. Its 64-d pooled features are the feature space of toy-KID."""
+    """A small CNN reading a toy image's domain or attributes; its pooled features are toy-KID's space."""
 
     def __init__(self, name):
         super().__init__()
@@ -1306,8 +1122,7 @@ def _toy_judge_data(name, split, size, seed):
 
 
 def _toy_augment(x, name, gen):
-    """Random flips, light blur, brightness jitter and noise, so that the judge also reads
-    slightly imperfect generated images."""
+    """Random flips, light blur, brightness jitter and noise: the judge also reads imperfect fakes."""
     coin = lambda p: (torch.rand(len(x), 1, 1, 1, generator=gen) < p)  # noqa: E731
     x = torch.where(coin(0.5), x.flip(3), x)
     if name != "toy-attr":  # shirts hang downwards; ellipses, discs and squares have no up
@@ -1322,9 +1137,8 @@ def _toy_augment(x, name, gen):
 
 @torch.enable_grad()  # also when an eval phase runs under no_grad
 def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
-    """Train the judge on the toy train split (cross-entropy, Adam 1e-3; enough steps for >= 98% test
-    accuracy at 64 px and >= 95% at 32 px). Returns (judge in eval mode, mean test accuracy); the
-    accuracy per direction (toy, toy-shape) or per attribute (toy-attr) is judge.test_accuracies."""
+    """Train the judge (cross-entropy, Adam 1e-3; >= 98% test accuracy at 64 px, >= 95% at 32 px):
+    -> (judge in eval mode, mean test accuracy); judge.test_accuracies has it per direction or attribute."""
     x, y = _toy_judge_data(name, "train", size, seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
@@ -1354,8 +1168,7 @@ def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
 
 
 def load_toy_judge(name, size, data_root, device="cpu"):
-    """The judge for this toy dataset and size, trained once and cached under
-    <data_root>/.toy_judge/. Returns (judge in eval mode, mean test accuracy)."""
+    """(judge in eval mode, its mean test accuracy), trained once and cached in <data_root>/.toy_judge/."""
     path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px_v{TOY_VERSION}.pt")
     if os.path.isfile(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -1373,14 +1186,8 @@ def load_toy_judge(name, size, data_root, device="cpu"):
     return judge.to(device).eval(), accuracy
 
 
-def _as_float64(features):
-    """(N, D) tensor or array-like -> float64 numpy array."""
-    if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().double().numpy()
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2:
-        raise ValueError(f"features must have shape (N, D), got {features.shape}")
-    return features
+def _as_float64(features):  # (N, D) tensor or array-like -> float64 numpy array
+    return torch.as_tensor(features).detach().cpu().double().numpy()
 
 
 def polynomial_kernel(x, y):
@@ -1403,9 +1210,8 @@ def mmd2_unbiased(x, y):
 
 
 def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=0):
-    """KID as torch-fidelity / clean-fid compute it: mean and std (ddof 0) of the unbiased MMD^2
-    over `n_subsets` random subsets of m = min(N_real, N_fake, subset_size) rows of each set, drawn
-    without replacement (fake rows first, then real rows, from np.random.RandomState(seed))."""
+    """KID as torch-fidelity / clean-fid: mean and std of the unbiased MMD^2 over `n_subsets` subsets of
+    min(N_real, N_fake, subset_size) rows each, without replacement (fake first, RandomState(seed))."""
     real, fake = _as_float64(real), _as_float64(fake)
     m = min(len(real), len(fake), subset_size)
     rng = np.random.RandomState(seed)
@@ -1417,15 +1223,14 @@ def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=0):
 
 
 def _block_sizes(n, n_blocks):
-    """TF-GAN's split of n rows into n_blocks contiguous blocks: floor sizes first, the last n % n_blocks get one more."""
+    """TF-GAN's split of n rows into n_blocks contiguous blocks: the last n % n_blocks are one row longer."""
     small, n_plus_one = divmod(n, n_blocks)
     return [small] * (n_blocks - n_plus_one) + [small + 1] * n_plus_one
 
 
 def kid_blocks(real, fake, max_block_size=10):
-    """KID as U-GAT-IT reports it (TF-GAN's kernel_classifier_distance_and_std_from_activations):
-    both sets are cut into ceil(max(N_real, N_fake) / max_block_size) contiguous blocks, one unbiased
-    MMD^2 per block pair; returns (mean, standard error = sqrt(var_ddof1 / n_blocks)), nan for one block."""
+    """KID as U-GAT-IT reports it (TF-GAN): unbiased MMD^2 of ceil(max(N) / max_block_size) contiguous
+    block pairs -> (mean, standard error sqrt(var_ddof1 / n_blocks)), nan for one block."""
     real, fake = _as_float64(real), _as_float64(fake)
     n_blocks = math.ceil(max(len(real), len(fake)) / max_block_size)
     ends_real = np.cumsum([0] + _block_sizes(len(real), n_blocks))
@@ -1438,8 +1243,7 @@ def kid_blocks(real, fake, max_block_size=10):
 
 
 def _trace_sqrtm_product(cov1, cov2):
-    """trace(sqrtm(cov1 @ cov2)) for symmetric PSD matrices: cov1 @ cov2 has the eigenvalues of the
-    symmetric PSD matrix cov1^1/2 @ cov2 @ cov1^1/2, so two eigh calls replace scipy's sqrtm."""
+    """trace(sqrtm(cov1 @ cov2)) for PSD matrices from the eigenvalues of cov1^1/2 cov2 cov1^1/2."""
     eigvals, eigvecs = np.linalg.eigh(cov1)
     root1 = (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
     middle = root1 @ cov2 @ root1
@@ -1447,10 +1251,8 @@ def _trace_sqrtm_product(cov1, cov2):
 
 
 def fid_from_features(real, fake, eps=1e-6):
-    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) with unbiased (ddof 1)
-    covariances, in float64. The eigh route copes with singular covariances (N < D); pytorch-fid's
-    eps fallback is kept for the rest: if eigh fails or the trace is not finite, the square root is
-    retried on (S1 + eps I)(S2 + eps I)."""
+    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), unbiased covariances, float64.
+    The eigh route copes with singular covariances; if it fails, (S1 + eps I)(S2 + eps I) (pytorch-fid)."""
     real, fake = _as_float64(real), _as_float64(fake)
     mu1, mu2 = real.mean(0), fake.mean(0)
     cov1, cov2 = np.cov(real, rowvar=False, ddof=1), np.cov(fake, rowvar=False, ddof=1)
@@ -1463,95 +1265,54 @@ def fid_from_features(real, fake, eps=1e-6):
     return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 
 
-# pytorch-fid's FID Inception: torchvision's Inception-v3 with the TF graph's pooling in the pool branches
-# (an average over valid pixels only, count_include_pad=False, and a max pool in Mixed_7c)
-def _tf_pool(x):
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
-class _FIDInceptionA(tv_inception.InceptionA):
-    def _forward(self, x):
-        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
-        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return [self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(_tf_pool(x))]
-
-
-class _FIDInceptionC(tv_inception.InceptionC):
-    def _forward(self, x):
-        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        branch7x7dbl = x
-        for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                     self.branch7x7dbl_5):
-            branch7x7dbl = conv(branch7x7dbl)
-        return [self.branch1x1(x), branch7x7, branch7x7dbl, self.branch_pool(_tf_pool(x))]
-
-
-class _FIDInceptionE(tv_inception.InceptionE):
-    def __init__(self, in_channels, max_pool):
-        super().__init__(in_channels)
-        self.max_pool = max_pool
-
-    def _forward(self, x):
-        branch3x3 = self.branch3x3_1(x)
-        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
-        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
-        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _tf_pool(x)
-        return [self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)]
-
-
 def _build_fid_inception():
-    """The FID Inception (1008 classes), no weights."""
+    """pytorch-fid's FID Inception without weights: torchvision's Inception-v3 (1008 classes) whose pool
+    branches pool the TF way, by two hooks: an average over valid pixels only, a max pool in Mixed_7c."""
+    def tf_pool(branch, _):  # the pool branch's input: the block's input pooled the TF way
+        if branch.max_pool:
+            return (F.max_pool2d(branch.block_input, 3, stride=1, padding=1),)
+        return (F.avg_pool2d(branch.block_input, 3, stride=1, padding=1, count_include_pad=False),)
+
     net = tv_inception.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = _FIDInceptionA(192, 32), _FIDInceptionA(256, 64), _FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = _FIDInceptionC(768, 128), _FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = _FIDInceptionC(768, 160), _FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = _FIDInceptionE(1280, max_pool=False), _FIDInceptionE(2048, max_pool=True)
+    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7b",
+                 "Mixed_7c"):
+        block = getattr(net, name)
+        block.branch_pool.max_pool = name == "Mixed_7c"
+        block.register_forward_pre_hook(lambda b, inputs: setattr(b.branch_pool, "block_input", inputs[0]))
+        block.branch_pool.register_forward_pre_hook(tf_pool)
     return net
 
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
-TORCHVISION_INCEPTION_NAME = "inception_v3_google-0cc3c7bd.pth"
 
 
 def fid_inception(weights_path=None):
-    """(model, label): an eval-mode Inception-v3 mapping a [-1, 1] batch of any size (resized to 299
-    bilinearly) to (N, 2048) pool3 features. Weights: `weights_path`, else the torch hub cache's FID
-    weights (SHA-256 checked), else torchvision's ImageNet Inception-v3 if already cached (labelled:
-    not comparable with published numbers). Nothing is downloaded."""
-    checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
-    fid_path = weights_path or os.path.join(checkpoints, FID_WEIGHTS_NAME)
-    torchvision_path = os.path.join(checkpoints, TORCHVISION_INCEPTION_NAME)
-    if os.path.isfile(fid_path):
-        with open(fid_path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-            raise ValueError(f"{fid_path} has SHA-256 {digest[:8]}..., but the FID Inception weights "
-                             f"({FID_WEIGHTS_NAME}) start with {FID_WEIGHTS_SHA256_PREFIX}: the file is truncated, "
-                             f"corrupt or another network. Download it again from {FID_WEIGHTS_URL}.")
-        net, label = _build_fid_inception(), "fid-inception (pt_inception-2015-12-05)"
-        net.load_state_dict(torch.load(fid_path, map_location="cpu", weights_only=True))
-    elif weights_path is None and os.path.isfile(torchvision_path):
-        # torchvision's Google weights expect [-1, 1] input already, so no transform_input
-        net = tv_inception.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
-        net.load_state_dict(torch.load(torchvision_path, map_location="cpu", weights_only=True))
-        label = "torchvision-imagenet (NOT comparable with published KID/FID)"
-    else:
+    """(model, label): the FID Inception in eval mode, [-1, 1] batches of any size (resized to 299) ->
+    (N, 2048) pool3 features; weights from `weights_path` or the torch hub cache, SHA-256 checked."""
+    fid_path = weights_path or os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_NAME)
+    if not os.path.isfile(fid_path):
         missing = f"--inception_weights {weights_path} does not exist" if weights_path else "No Inception weights found"
-        raise FileNotFoundError(
-            f"{missing}. KID/FID need the FID Inception weights {FID_WEIGHTS_NAME}: download {FID_WEIGHTS_URL} "
-            f"(on a machine with internet access) and put the file at {os.path.join(checkpoints, FID_WEIGHTS_NAME)} "
-            f"or pass --inception_weights PATH.")
+        raise FileNotFoundError(f"{missing}. KID/FID need the FID Inception weights {FID_WEIGHTS_NAME}: download "
+                                f"{FID_WEIGHTS_URL} (on a machine with internet access) and put the file at "
+                                f"{os.path.join(torch.hub.get_dir(), 'checkpoints', FID_WEIGHTS_NAME)} or pass "
+                                f"--inception_weights PATH.")
+    with open(fid_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
+        raise ValueError(f"{fid_path} has SHA-256 {digest[:8]}..., but the FID Inception weights ({FID_WEIGHTS_NAME}) "
+                         f"start with {FID_WEIGHTS_SHA256_PREFIX}: the file is truncated, corrupt or another network. "
+                         f"Download it again from {FID_WEIGHTS_URL}.")
+    net = _build_fid_inception()
+    net.load_state_dict(torch.load(fid_path, map_location="cpu", weights_only=True))
     net.fc = nn.Identity()  # the classifier head is not needed: the avgpool output is pool3
     resize = nn.Upsample(size=(299, 299), mode="bilinear", align_corners=False)
-    return nn.Sequential(resize, net).eval(), label
+    return nn.Sequential(resize, net).eval(), "fid-inception (pt_inception-2015-12-05)"
 
 
 def extract_features(model, images_iter, device):
-    """Run `model` (any module/callable mapping a batch to (N, D)) under no_grad over batches of
-    [-1, 1] images; returns the concatenated float64 features on the CPU."""
+    """`model`'s (N, D) features of batches of [-1, 1] images under no_grad: float64, on the CPU."""
     with torch.no_grad():
         features = [model(images.to(device)).flatten(1).double().cpu() for images in images_iter]
     if not features:
@@ -1560,8 +1321,7 @@ def extract_features(model, images_iter, device):
 
 
 def masked_psnr_l1(src, out, mask):
-    """Background preservation: PSNR (dB, capped at 100) and L1 between src and out on the [0, 1]
-    scale over the pixels where mask == 0, per image, averaged over the images that have any."""
+    """PSNR (dB, at most 100) and L1 of out - src on the [0, 1] scale outside the mask, mean over images."""
     outside = (mask < 0.5).double().expand_as(src)
     diff = (out.double() - src.double()) / 2  # ((out + 1) - (src + 1)) / 2: the [0, 1] scale
     n_pixels = outside.flatten(1).sum(1)
@@ -1573,10 +1333,9 @@ def masked_psnr_l1(src, out, mask):
 
 
 def attention_iou_pointing(attention, mask, threshold=0.5):
-    """Attention quality against the GT mask: bilinear-upsample (N, 1, h, w) attention to the mask
-    size, min-max normalise per image, threshold; returns (mean IoU, pointing accuracy = fraction
-    of images whose attention maximum lies inside the mask). Empty prediction and mask: IoU 1.
-    A constant map (e.g. a no-attention baseline's A = 1) selects the whole image."""
+    """(mean IoU, pointing accuracy) of (N, 1, h, w) attention against the GT mask: upsampled, min-max
+    normalised per image, thresholded (a constant map selects everything; empty prediction and mask: IoU 1);
+    pointing: the share of images whose attention maximum lies inside the mask."""
     flat, target = normalise_map(attention.double(), mask.shape[-1]).flatten(1), mask.flatten(1) > 0.5
     raw = attention.flatten(1)
     constant = (raw.amax(1) - raw.amin(1)) <= 1e-8 * raw.abs().amax(1).clamp_min(1)
@@ -1603,11 +1362,9 @@ def _kid_fid(real, fake, prefix=""):
 
 
 class TranslationMetrics:
-    """--phase eval of a two-domain script (SPEC section 3). For each direction: add() the test
-    batches with their translations, add_real() the target domain's test batches, then write().
-    Toy data: translation success (the judge's verdict), background PSNR/L1 outside the GT mask,
-    attention IoU and pointing, toy-KID on judge features (and KID/FID when Inception weights are
-    present). Real data: KID (both estimators) and FID on Inception pool3 features."""
+    """--phase eval of a two-domain script: add() each direction's test batches and translations, add_real()
+    the target domain's, then write(). Toy data: the judge's verdict (translation_success), PSNR/L1 outside
+    the GT mask, attention IoU/pointing, toy-KID on judge features; KID and FID on Inception features."""
 
     def __init__(self, args, device):
         self.args, self.device, self.toy = args, device, args.data in TOY_NAMES
@@ -1631,8 +1388,7 @@ class TranslationMetrics:
         return part
 
     def add(self, direction, batch, out, attention):
-        """A test batch of the source domain (its image and, on toy data, GT mask) and its
-        translations `out` with their attention maps (or None)."""
+        """A test batch of the source domain (image, toy GT mask), its translations and attention maps."""
         x, metrics = batch["image"].to(self.device), {}
         if self.toy:
             mask = batch["mask"].to(self.device)
@@ -1661,13 +1417,10 @@ class TranslationMetrics:
 
 
 class AttributeMetrics:
-    """--phase eval of an attribute script (SPEC section 3): add() every single-attribute change of
-    the test split, then summary() per manipulated group and their mean. toy-attr: attribute_accuracy
-    (the toy judge reads the target value), kept_accuracy (it reads every other group unchanged),
-    preserve_psnr_db / preserve_l1 outside the GT region of the changed group, attention_iou /
-    attention_pointing against that region, retrieval_top30 (a hit when one of the 30 nearest toy
-    train images in judge features has all the target's labels). Real data: KID and FID of the
-    manipulated images against the real test images."""
+    """--phase eval of an attribute script: add() every single-attribute change of the test split, then
+    summary(). toy-attr: the judge reads the target value (attribute_accuracy) and the other groups unchanged
+    (kept_accuracy); PSNR/L1 outside the change's GT region; attention IoU/pointing; retrieval_top30 (one of
+    the 30 nearest train images in judge features has all target labels). Real data: KID and FID."""
 
     def __init__(self, args, attrs, test_set, device):
         self.args, self.attrs, self.device, self.toy = args, attrs, device, args.data in TOY_NAMES
@@ -1732,7 +1485,9 @@ def write_metrics(out, results):
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}
-    print("\n".join(f"{k}: {v}" for k, v in results.items() if not isinstance(v, dict)))
+    for k, v in results.items():
+        if k not in rows:
+            print(f"{k}: {v}")
     cols = sorted({c for r in rows.values() for c in r})
     fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list)  # noqa: E731
                      else f"{v:.4g}" if isinstance(v, float) else str(v))

@@ -35,7 +35,9 @@ Deviations from the official code:
 """
 import argparse
 import contextlib
+import math
 import os
+import random
 from typing import NamedTuple
 
 import torch
@@ -111,6 +113,22 @@ class Generator(nn.Module):
         return self.model(x)
 
 
+class PatchGAN(nn.Module):
+    """The 70x70 PatchGAN of CycleGAN (n_layers 3): conv4 s2 stack, IN, LeakyReLU 0.2, one logit per patch."""
+
+    def __init__(self, in_ch=3, ndf=64, n_layers=3):
+        super().__init__()
+        chans = [in_ch] + [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
+        layers = [nn.Conv2d(chans[0], chans[1], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for i in range(1, n_layers + 1):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 4, 2 if i < n_layers else 1, 1),
+                       nn.InstanceNorm2d(chans[i + 1]), nn.LeakyReLU(0.2, True)]
+        self.model = nn.Sequential(*layers, nn.Conv2d(chans[-1], 1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.model(x)
+
+
 def compose(content, attention, x):
     """s' = A(s) * F(s) + (1 - A(s)) * s (Eq. 1): the attended part from F, the rest from the input."""
     return attention * content + (1 - attention) * x
@@ -144,7 +162,7 @@ def check_img_size(args):
 def build_networks(args):
     """Generators F, PatchGAN discriminators and (unless --no_attention) attention nets A per domain."""
     nets = {"gen_a2b": Generator(args.ngf, args.n_res), "gen_b2a": Generator(args.ngf, args.n_res),
-            "disc_a": common.PatchGAN(3, args.ndf), "disc_b": common.PatchGAN(3, args.ndf)}
+            "disc_a": PatchGAN(3, args.ndf), "disc_b": PatchGAN(3, args.ndf)}
     if not args.no_attention:
         nets["att_a"] = AttentionNet(args.ngf, args.att_kernels)
         nets["att_b"] = AttentionNet(args.ngf, args.att_kernels)
@@ -170,6 +188,39 @@ def switch_discriminators(nets):
 def foreground(image, attention, tau):
     """What the attention-guided D sees after the switch (Sec. 3): s_new = s * (A(s) >= tau)."""
     return image * (attention >= tau).to(image.dtype)
+
+
+class ImagePool:
+    """CycleGAN's history of generated images, which the discriminators see instead of the newest
+    fakes half of the time once it is full (the new one is stored in place of the returned one).
+    Items are (image, attention of its source image) pairs for the attention-guided discriminators."""
+
+    def __init__(self, size, seed=0):
+        self.size, self.items, self.rng = size, [], random.Random(seed)
+
+    def query(self, *tensors):
+        if self.size == 0:
+            return tensors
+        out = [[] for _ in tensors]
+        for i in range(tensors[0].shape[0]):
+            item = tuple(t[i:i + 1].detach() for t in tensors)
+            if len(self.items) < self.size:
+                self.items.append(item)
+            elif self.rng.random() > 0.5:
+                j = self.rng.randrange(self.size)
+                self.items[j], item = item, self.items[j]
+            for k, t in enumerate(item):
+                out[k].append(t)
+        return tuple(torch.cat(o) for o in out)
+
+    def state_dict(self):
+        version, state, gauss = self.rng.getstate()
+        return {"items": [list(item) for item in self.items], "rng": [version, list(state), gauss]}
+
+    def load_state_dict(self, state, device="cpu"):
+        self.items = [tuple(t.to(device) for t in item) for item in state["items"]]
+        version, rng_state, gauss = state["rng"]
+        self.rng.setstate((version, tuple(rng_state), gauss))
 
 
 # =============================================================================================
@@ -242,9 +293,11 @@ def train(args, dist_, device, nets):
     opt_d = common.adam([p for d in ("disc_a", "disc_b") for p in nets[d].parameters()], args.lr, (0.5, 0.999),
                         device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    pools = {d: common.ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
+    pools = {d: ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
     train_a, train_b = common.two_domain_train_sets(args)
-    common.epochs_to_iters(args, max(len(train_a), len(train_b)), args.epochs, dist_)
+    if args.iters is None:  # CycleGAN's epoch: a pass over the larger domain, all processes together
+        epochs, n_images = args.epochs, max(len(train_a), len(train_b))
+        args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
     start_step, extra = 0, {}
     if args.phase == "train":
         common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json

@@ -114,6 +114,19 @@ def decoder_norms(kind, ch):
     return make(ch), make(ch)
 
 
+class ResnetBlock(nn.Module):
+    """The encoder's residual block: x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x), no conv bias."""
+
+    def __init__(self, dim):
+        super().__init__()
+        conv = lambda: nn.Conv2d(dim, dim, 3, bias=False)  # noqa: E731
+        self.block = nn.Sequential(nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim), nn.ReLU(True),
+                                   nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
 class AdaptiveResBlock(nn.Module):
     """Decoder residual block: x + norm(conv3(ReLU(norm(conv3(x))))), norms fed by the MLP's gamma, beta."""
 
@@ -143,7 +156,7 @@ class Generator(nn.Module):
             enc += [nn.ReflectionPad2d(1), nn.Conv2d(ch * mult, ch * mult * 2, 3, 2, bias=False),
                     nn.InstanceNorm2d(ch * mult * 2), nn.ReLU(True)]
         dim = ch * 4
-        enc += [common.ResnetBlock(dim, bias=False) for _ in range(n_res)]
+        enc += [ResnetBlock(dim) for _ in range(n_res)]
         self.encoder = nn.Sequential(*enc)
         if cam:
             # auxiliary classifier eta_s: bias-free logits on the global average and max pooled features

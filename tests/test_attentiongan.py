@@ -24,7 +24,7 @@ TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_mas
 def test_parameter_counts_equal_official():
     with torch.device("meta"):
         assert common.count_params(attentiongan.GeneratorII(64, 9, 10)) == 11_822_949
-        assert common.count_params(common.PatchGAN(3, 64, 3)) == 2_764_737
+        assert common.count_params(attentiongan.PatchGAN(3, 64, 3)) == 2_764_737
 
 
 def test_scheme_two_masks_are_a_softmax_and_contents_are_tanh():
@@ -198,3 +198,19 @@ def test_bg_init_starts_the_background_attention_there(scheme):
     args.bg_init = 0.0  # the official init: uniform over the masks
     _, attention, _ = attentiongan.build_networks(args)["gen_a2b"](torch.randn(2, 3, 32, 32))
     assert attention[:, -1].mean().item() == pytest.approx(1 / attention.shape[1], abs=0.05)
+
+
+def test_image_pool_history_and_state():
+    pool = attentiongan.ImagePool(3, seed=1)
+    first = [pool.query(torch.full((1, 1), float(i)))[0].item() for i in range(3)]
+    assert first == [0, 1, 2]  # filling: the new image comes back
+    outs = [pool.query(torch.full((1, 1), float(i)))[0].item() for i in range(3, 40)]
+    assert any(o < 3 for o in outs) and any(o >= 3 for o in outs)  # old and new fakes both come back
+    pairs = attentiongan.ImagePool(3, seed=2)
+    outs = [pairs.query(torch.full((2, 1), float(i)), torch.full((2, 1), -float(i))) for i in range(20)]
+    assert all(torch.equal(image, -mask) for image, mask in outs)  # (image, mask) pairs stay together
+    state = pool.state_dict()
+    a = [pool.query(torch.full((1, 1), 100.0 + i))[0].item() for i in range(10)]
+    pool.load_state_dict(state)
+    b = [pool.query(torch.full((1, 1), 100.0 + i))[0].item() for i in range(10)]
+    assert a == b

@@ -165,13 +165,14 @@ def test_attribute_set_vectors_changes_and_targets():
             attrs.parse_target(bad)
 
 
-def test_celeba_hair_colours_stay_exclusive_and_binary_grid_targets_flip():
+def test_celeba_hair_colours_stay_exclusive_and_binary_changes_set_each_value():
     attrs = common.select_attributes(NAMES, [["0", "1"]] * 5, [True] * 5, None, NAMES, exclusive_names=common.CELEBA_HAIR)
     labels = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
     assert attrs.set_value(labels, 1, 1).tolist() == [[0, 1, 0, 1, 0], [0, 1, 0, 0, 1]]
     assert attrs.set_value(labels, 3, 0).tolist() == [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]
-    grid = list(attrs.grid_targets(labels))
-    assert len(grid) == 5 and grid[0][1].tolist() == [[0, 0, 0, 1, 0], [1, 0, 0, 0, 1]]
+    changes = list(attrs.changes(labels))  # both values of each binary attribute
+    assert len(changes) == 10 and changes[1][2].tolist() == [[1, 0, 0, 1, 0], [1, 0, 0, 0, 1]]
+    assert changes[1][3].tolist() == [False, True]
 
 
 # ---------------------------------------------------------------------------------------------

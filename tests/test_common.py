@@ -133,27 +133,6 @@ def test_linear_decay_matches_official_schedule():
     assert all(abs(a - b) < 1e-12 for a, b in lr) and lr[-1][0] == 0
 
 
-def test_image_pool_history_and_state():
-    pool = common.ImagePool(3, seed=1)
-    first = [pool.query(torch.full((1, 1), float(i)))[0].item() for i in range(3)]
-    assert first == [0, 1, 2]  # filling: the new image comes back
-    outs = [pool.query(torch.full((1, 1), float(i)))[0].item() for i in range(3, 40)]
-    assert any(o < 3 for o in outs) and any(o >= 3 for o in outs)  # old and new fakes both come back
-    pairs = common.ImagePool(3, seed=2)
-    outs = [pairs.query(torch.full((2, 1), float(i)), torch.full((2, 1), -float(i))) for i in range(20)]
-    assert all(torch.equal(image, -mask) for image, mask in outs)  # (image, mask) pairs stay together
-    state = pool.state_dict()
-    a = [pool.query(torch.full((1, 1), 100.0 + i))[0].item() for i in range(10)]
-    pool.load_state_dict(state)
-    b = [pool.query(torch.full((1, 1), 100.0 + i))[0].item() for i in range(10)]
-    assert a == b
-
-
-def test_patchgan_parameter_count():
-    assert common.count_params(common.PatchGAN()) == 2_764_737
-    assert common.PatchGAN(ndf=8)(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
-
-
 def test_checkpoint_round_trip_and_rng(tmp_path):
     class Args:
         pass

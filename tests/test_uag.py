@@ -29,7 +29,7 @@ def test_parameter_counts_equal_the_official_tf_layers():
     assert common.count_params(uag.Generator(32, 9)) == 2_855_811
     assert common.count_params(uag.AttentionNet(32, "intended")) == 154_689
     assert common.count_params(uag.AttentionNet(32, "official")) == 104_001
-    assert common.count_params(common.PatchGAN(3, 64)) == 2_764_737
+    assert common.count_params(uag.PatchGAN(3, 64)) == 2_764_737
 
 
 def test_attention_net_is_one_channel_in_zero_one_at_the_input_size():
@@ -67,7 +67,7 @@ def make_step(tmp_path, data_root, no_attention=False):
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), torch.device("cpu"))
     opt_d = common.adam([p for k in ("disc_a", "disc_b") for p in nets[k].parameters()], args.lr, (0.5, 0.999),
                         torch.device("cpu"))
-    pools = {d: common.ImagePool(0) for d in "ab"}
+    pools = {d: uag.ImagePool(0) for d in "ab"}
     toy = {d: common.ToyDataset("toy", "train", 32, d) for d in "AB"}
     batches = {d: iter([torch.stack([toy[d][i]["image"] for i in range(j, j + 2)]) for j in range(0, 20, 2)])
                for d in "AB"}
