@@ -348,7 +348,7 @@ def train(args, dist_, device, nets):
     sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
     decay_start = args.iters * args.n_epochs / max(1, args.n_epochs + args.n_epochs_decay)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
@@ -359,7 +359,7 @@ def train(args, dist_, device, nets):
             log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
         if dist_.main and args.sample_every and step % args.sample_every == 0:
             sample_grid(nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
-        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
         if save or interrupted:
             log.write(step, lr)
             if dist_.main:
@@ -369,7 +369,6 @@ def train(args, dist_, device, nets):
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     log.close()
-    ctrl_c.close()
     dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "

@@ -304,7 +304,7 @@ def train(args, attrs, train_set, dist_, device, nets):
     sample_labels = torch.stack([f["labels"] for f in fixed]).to(device)
     decay_start = args.iters - (args.iters // 2 if args.iters_decay is None else args.iters_decay)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log, ctrl_c = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0)), common.CtrlC(dist_, args.log_every)
+    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
@@ -317,7 +317,7 @@ def train(args, attrs, train_set, dist_, device, nets):
         if dist_.main and args.sample_every and step % args.sample_every == 0:
             path = os.path.join(args.out, "samples", f"step_{step:07d}.png")
             sample_grid(args, attrs, nets, path, sample_x, sample_labels)
-        interrupted = ctrl_c.pressed(step)  # Ctrl-C: save, then stop
+        interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
         if save or interrupted:
             log.write(step, lr)
             if dist_.main:
@@ -326,7 +326,6 @@ def train(args, attrs, train_set, dist_, device, nets):
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     log.close()
-    ctrl_c.close()
     dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "

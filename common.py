@@ -9,7 +9,7 @@ script. This module offers nouns the scripts use, never a control flow that call
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
  4. Shared blocks .... lsgan, init_normal, count_params
- 5. Checkpoint, log .. save_checkpoint, load_checkpoint, prepare_out, RunLog, CtrlC, Bench
+ 5. Checkpoint, log .. save_checkpoint, load_checkpoint, prepare_out, RunLog (with Ctrl-C), Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
  7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
                        TranslationMetrics, AttributeMetrics, write_metrics
@@ -65,6 +65,7 @@ def cli(main):
 
 def add_common_flags(parser, script, extra_phases=(), data="toy"):
     """The flags every script has (SPEC section 1). Paper flags are added by the script."""
+    parser.allow_abbrev = False  # a flag is given in full, so that presets and checkpoints see which ones were
     add = parser.add_argument
     add("--data", default=data,
         help="toy dataset (toy, toy-shape, toy-attr), a dataset name under --data_root, or a path")
@@ -101,16 +102,8 @@ PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_a
 
 def _given_flags(parser, argv):
     """Names of the flags that appear on the command line (a preset never overrides them)."""
-    saved, parser_defaults = [(a, a.default) for a in parser._actions], parser._defaults
-    for a, _ in saved:
-        a.default = argparse.SUPPRESS
-    parser._defaults = {}  # parser.set_defaults() values are defaults too, not given flags
-    try:
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        parser._defaults = parser_defaults
-        for a, d in saved:
-            a.default = d
+    tokens = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")}
+    return {a.dest for a in parser._actions if tokens & set(a.option_strings)}
 
 
 def parse_args(parser, argv, script, presets, arch_flags):
@@ -245,14 +238,6 @@ class Dist:
         flat /= self.world
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))
-
-    def any(self, flag):
-        """True on every rank when `flag` is true on any rank (for Ctrl-C under torchrun)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
 
     def check_replicas(self, modules):
         """Print on rank 0 whether all ranks hold the same weights (the same float64 sum of them)."""
@@ -940,7 +925,8 @@ class RunLog:
     """log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar. add(losses) sums
     0-dim losses on the device (no host sync), each term over the steps that computed it (G: every
     n_critic); write(step, lr) averages them, raises Diverged on NaN/Inf and rewrites the file (rank 0),
-    so a late term widens the header. A resumed run keeps the rows up to its step, a new one starts anew."""
+    so a late term widens the header. A resumed run keeps the rows up to its step, a new one starts anew.
+    interrupted(step): Ctrl-C was pressed (the step is finished first)."""
 
     def __init__(self, args, dist_, start_step, elapsed=0.0):
         self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
@@ -956,6 +942,8 @@ class RunLog:
             self._save()
         self.bar = tqdm(total=min(args.iters, args.stop_at or args.iters), initial=start_step, disable=not self.main,
                         dynamic_ncols=True, mininterval=2, desc=os.path.basename(args.out))
+        self.dist, self.every, self.ctrl_c = dist_, args.log_every, []  # Ctrl-C finishes the step, then stops
+        self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.ctrl_c.append(1))
 
     def _save(self):
         with open(self.path, "w", newline="") as f:
@@ -992,24 +980,19 @@ class RunLog:
             self.terms += [k for k in values if k not in self.terms]
             self._save()
 
+    def interrupted(self, step):
+        """Whether Ctrl-C was pressed (on any rank under torchrun: the ranks agree every log_every steps)."""
+        if self.dist.world == 1 or step % self.every:
+            return bool(self.ctrl_c) and self.dist.world == 1
+        pressed = torch.tensor([float(bool(self.ctrl_c))], device=self.dist.device)
+        dist.all_reduce(pressed, op=dist.ReduceOp.MAX)
+        return bool(pressed.item())
+
     def close(self):
         self.bar.close()
+        signal.signal(signal.SIGINT, self.old_handler)
         if _stats["skipped"]:
             print(f"warning: {_stats['skipped']} unreadable images were skipped during training", file=sys.stderr)
-
-
-class CtrlC:
-    """Ctrl-C finishes the step; pressed() then says so (on all ranks, agreeing every `every` steps)."""
-
-    def __init__(self, dist_, every):
-        self.dist, self.every, self.flag = dist_, every, []
-        self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.flag.append(1))
-
-    def pressed(self, step):
-        return self.dist.any(bool(self.flag)) if self.dist.world == 1 or step % self.every == 0 else False
-
-    def close(self):
-        signal.signal(signal.SIGINT, self.old_handler)
 
 
 class Bench:
