@@ -52,6 +52,7 @@ import argparse
 import glob
 import math
 import os
+import signal
 import warnings
 from typing import NamedTuple
 
@@ -307,7 +308,8 @@ class ReferenceBank:
 def train_classifier(args, attrs, train_set, device):
     """Train the attribute CNN on the training split (cross-entropy per group, Adam), report its
     test accuracy per group and save it atomically to --classifier. Uses its own RNG streams, so
-    the GAN that follows sees the same randomness whether or not the CNN was trained first."""
+    the GAN that follows sees the same randomness whether or not the CNN was trained first. Ctrl-C
+    saves the unfinished CNN to <classifier>.partial, from which the next run continues."""
     arch = "toy" if args.data in common.TOY_NAMES else "resnet50"
     head_sizes = [len(v) for v in attrs.values]
     weights = imagenet_resnet50_weights() if arch == "resnet50" else None
@@ -321,17 +323,34 @@ def train_classifier(args, attrs, train_set, device):
                       "attribute CNN starts from random weights, so its CAMs and features are weaker than the paper's. "
                       "Put the torchvision file there to fine-tune from ImageNet.")
     cnn.to(device).train()
-    sampler = common.InfiniteSampler(len(train_set), args.seed + 101)
+    opt = torch.optim.Adam(cnn.parameters(), lr=args.cls_lr, betas=(0.9, 0.999))
+    partial, start = f"{args.classifier}.partial", 0
+    if os.path.isfile(partial):  # an interrupted run: continue where it stopped
+        state = torch.load(partial, map_location=device, weights_only=True)
+        cnn.load_state_dict(state["cnn"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        print(f"attribute CNN: continuing {partial} from step {start}")
+    sampler = common.InfiniteSampler(len(train_set), args.seed + 101, start * args.cls_batch_size)
     loader = iter(torch.utils.data.DataLoader(train_set, batch_size=args.cls_batch_size, sampler=sampler,
                                               num_workers=args.workers, generator=torch.Generator()))
-    opt = torch.optim.Adam(cnn.parameters(), lr=args.cls_lr, betas=(0.9, 0.999))
-    for _ in tqdm(range(args.cls_iters), desc="attribute CNN", mininterval=2):
-        batch = next(loader)
-        x, labels = batch["image"].to(device), batch["labels"].to(device)
-        loss = sum(F.cross_entropy(logits, labels[:, g]) for g, logits in enumerate(cnn(x)[2]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    ctrl_c, old_handler = [], signal.signal(signal.SIGINT, lambda *_: ctrl_c.append(1))
+    try:
+        for step in tqdm(range(start + 1, args.cls_iters + 1), desc="attribute CNN", mininterval=2):
+            batch = next(loader)
+            x, labels = batch["image"].to(device), batch["labels"].to(device)
+            loss = sum(F.cross_entropy(logits, labels[:, g]) for g, logits in enumerate(cnn(x)[2]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ctrl_c:  # after the step: save it, then stop
+                os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
+                torch.save({"step": step, "cnn": cnn.state_dict(), "opt": opt.state_dict()}, partial + ".tmp")
+                os.replace(partial + ".tmp", partial)
+                raise common.Interrupted(f"the attribute CNN at step {step} is saved to {partial}; the same command "
+                                         f"continues it")
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
     cnn.eval()
     accuracy = classifier_accuracy(cnn, attrs, args, device)
     print("attribute CNN test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
@@ -342,6 +361,8 @@ def train_classifier(args, attrs, train_set, device):
     tmp = f"{args.classifier}.tmp{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, args.classifier)
+    if os.path.exists(partial):
+        os.remove(partial)
     print(f"attribute CNN saved to {args.classifier}")
     return cnn
 
@@ -825,7 +846,9 @@ def main(argv=None):
         help="test: confine the --target manipulation to the sleeves or the torso (Sec. 4)")
     add("--region_from", default="sleeve=sleeveless", help="the manipulation whose attention marks the sleeves")
     add("--region_threshold", type=float, default=0.9, help="the region's attention values below this are set to 0")
-    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
+                             positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic", "cls_iters",
+                                       "cls_batch_size", "cls_lr", "ref_per_label_set"))
     if args.lambda_p is None:
         args.lambda_p = 20.0 if args.perceptual == "conv5+avgpool" else 10.0
     args.classifier = args.classifier or os.path.join(args.out, "classifier.pt")

@@ -462,7 +462,8 @@ def main(argv=None):
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
     known, _ = parser.parse_known_args(argv)
     real_preset = {"iters": None, **(RELEASED_PRESET if known.preset == "released" else {})}
-    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS)
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS,
+                             positive=("ngf", "ndf"))
     check_img_size(args)
 
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)

@@ -449,7 +449,8 @@ def main(argv=None):
     add("--lambda_cam_d", type=float, default=1.0, help="CAM-consistency weight of the D term")
     add("--cam_layer", type=int, default=None,
         help="D block whose feature map Grad-CAM uses (default: the deepest with >= 8x8 cells)")
-    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
+                             positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic"))
     check_args(args)
     attrs, train_set = common.attribute_data(args, "train")
 

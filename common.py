@@ -1,7 +1,5 @@
-"""Plumbing shared by the five paper scripts; a reader of a paper can skip this file.
-
-Everything a paper is about (its networks, losses, training step and loop, pictures) is in its own
-script. This module offers nouns the scripts use, never a control flow that calls back into them:
+"""Plumbing shared by the five paper scripts, which a reader can skip: all that a paper is about (networks,
+losses, the training step and loop, pictures) is in its script. Nouns, never a flow that calls back:
 
  1. Flags ............ UserError, cli, add_common_flags, parse_args (presets)
  2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
@@ -17,6 +15,7 @@ script. This module offers nouns the scripts use, never a control flow that call
 import argparse
 import colorsys
 import csv
+import glob
 import hashlib
 import json
 import math
@@ -35,7 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.models import inception as tv_inception
 from tqdm import tqdm
 
@@ -67,16 +66,14 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     """The flags every script has (SPEC section 1). Paper flags are added by the script."""
     parser.allow_abbrev = False  # a flag is given in full, so that presets and checkpoints see which ones were
     add = parser.add_argument
-    add("--data", default=data,
-        help="toy dataset (toy, toy-shape, toy-attr), a dataset name under --data_root, or a path")
+    add("--data", default=data, help="toy dataset (toy, toy-shape, toy-attr), a dataset under --data_root, or a path")
     add("--data_root", default="dataset", help="folder holding datasets (and the cached toy judge)")
     add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
     add("--img_size", type=int, default=256, help="image side in pixels")
     add("--batch_size", type=int, default=1, help="images per domain per step (per process under torchrun)")
     add("--iters", type=int, default=1_000_000, help="training iterations")
     add("--lr", type=float, default=1e-4, help="initial learning rate")
-    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-        help="auto picks cuda, then mps, then cpu")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, else mps, else cpu")
     add("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     add("--compile", action="store_true", help="torch.compile the networks")
     add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
@@ -89,8 +86,7 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--log_every", type=int, default=100, help="average the losses into log.csv every N steps")
     add("--stop_at", type=int, default=None,
         help="end this invocation at step N with a checkpoint (for time-limited jobs); --resume continues to --iters")
-    add("--download", nargs="?", const="", default=None, metavar="NAME",
-        help="download a CycleGAN dataset (default: --data) into --data_root first")
+    add("--download", nargs="?", const="", metavar="NAME", help="first fetch a CycleGAN dataset (default: --data)")
     add("--input", default=None, help="test phase: translate this image file or folder instead of the test split")
     add("--inception_weights", default=None, help="eval: path of pt_inception-2015-12-05-6726825d.pth (FID Inception)")
 
@@ -106,10 +102,9 @@ def _given_flags(parser, argv):
     return {a.dest for a in parser._actions if tokens & set(a.option_strings)}
 
 
-def parse_args(parser, argv, script, presets, arch_flags):
-    """Parse the command line, then fill the flags it did not give: a new run from `presets["toy"]` on
-    toy data, else `presets["real"]` (the parser defaults are the paper's); test, eval and --resume from
-    the checkpoint's saved arguments (an architecture flag that contradicts them is an error)."""
+def parse_args(parser, argv, script, presets, arch_flags, positive=()):
+    """Parse the command line, then fill the flags it did not give: a new run from `presets["toy"]` on toy data
+    (else `presets["real"]`), test, eval and --resume from the checkpoint (contradicting its architecture: error)."""
     args = parser.parse_args(argv)
     given = _given_flags(parser, argv)
     if args.download is not None:
@@ -138,6 +133,12 @@ def parse_args(parser, argv, script, presets, arch_flags):
             if k not in given:
                 setattr(args, k, v)
     args.ckpt = ckpt_path
+    positive = {"img_size", "batch_size", "iters", "lr", "log_every", "stop_at", *positive}
+    for k, v in vars(args).items():  # every number finite and >= 0; sizes, counts and rates above 0
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if number and not (math.isfinite(v) and (v > 0 if k in positive else v >= 0)):
+            bound = "above 0" if k in positive else "of at least 0"
+            raise UserError(f"--{k} {v} is out of range: it must be a finite number {bound}.")
     return args
 
 
@@ -152,14 +153,10 @@ def seed_everything(seed):
 
 def pick_device(args, local_rank=0):
     """auto -> cuda, mps, cpu. Sets the CUDA speed switches; --amp is CUDA only."""
-    name = args.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU. "
-                        "Use --device cpu or auto.")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps was asked for, but MPS is not available here. Use --device cpu or auto.")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    name = next(d for d in available if available[d]) if args.device == "auto" else args.device
+    if not available[name]:
+        raise UserError(f"--device {name} was asked for, but this PyTorch build cannot use it. Use cpu or auto.")
     device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -240,13 +237,10 @@ class Dist:
             g.copy_(part.view_as(g))
 
     def check_replicas(self, modules):
-        """Print on rank 0 whether all ranks hold the same weights (the same float64 sum of them)."""
+        """Under torchrun every rank prints a float64 sum of its weights: equal sums, identical replicas."""
         if self.world > 1:
-            total = torch.stack([p.detach().double().sum() for m in modules for p in m.parameters()]).sum()
-            extremes = torch.stack([total, -total]).to(self.device)
-            dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # -> (max, -min) over the ranks
-            if self.main:
-                print(f"replicas identical: {bool(extremes[0] == -extremes[1])} ({self.world} processes)")
+            total = sum(p.double().sum().item() for m in modules for p in m.parameters())
+            print(f"rank {self.rank}: weights sum {total!r}")
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
@@ -277,11 +271,20 @@ def ugatit_transform(im, size, rng):
     return im.crop((x, y, x + size, y + size))
 
 
+def load_image(path):
+    """An image file as RGB: EXIF orientation applied, 16-bit grey scaled (not clipped) to 8 bits."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):
+            grey = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray((grey / 257 if grey.max() > 255 else grey).round().clip(0, 255).astype(np.uint8))
+        return im.convert("RGB")
+
+
 class ImageFiles(torch.utils.data.Dataset):
-    """Images of one domain and split: {'image' (3, S, S) in [-1, 1], 'name', 'skipped'} per index or
-    (index, augmentation seed) pair. An unreadable file is skipped (the next one serves) and counted; grey,
-    RGBA and palette images become RGB. `labels` (len, G) adds each image's labels; `transform(im, size,
-    rng)` replaces U-GAT-IT's (rng is None at test time, where images are resized to size x size)."""
+    """Images of one domain and split: {'image' (3, S, S) in [-1, 1], 'name', 'skipped'} per index or (index,
+    augmentation seed). An unreadable file is skipped and counted in training, an error at test time (images
+    resized to size x size). `labels` adds each image's labels; `transform(im, size, rng)` replaces U-GAT-IT's."""
 
     def __init__(self, files, size, train, root=None, labels=None, transform=None):
         self.files, self.size, self.train, self.root = files, size, train, root
@@ -295,9 +298,10 @@ class ImageFiles(torch.utils.data.Dataset):
         for tries in range(len(self.files)):
             path = self.files[(index + tries) % len(self.files)]
             try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
+                im = load_image(path)
             except Exception as e:  # PIL raises many kinds for broken files
+                if not self.train:
+                    raise UserError(f"cannot read the image {path} ({e}); repair or remove it.") from None
                 print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
                 continue
             rng = random.Random(aug_seed) if self.train else None
@@ -313,12 +317,12 @@ class ImageFiles(torch.utils.data.Dataset):
             if self.labels is not None:
                 item["labels"] = self.labels[(index + tries) % len(self.files)]
             return item
-        raise RuntimeError(f"none of the {len(self.files)} images under {self.root} can be read")
+        raise UserError(f"none of the {len(self.files)} images in {self.root or self.files[0]} can be read.")
 
 
 class InfiniteSampler(torch.utils.data.Sampler):
-    """An endless shuffled (index, augmentation seed) stream, a function of (seed, position) only: a
-    resumed run sees the data an uninterrupted one sees. Rank r of K takes positions r, r+K, ..."""
+    """Endless shuffled (index, augmentation seed) pairs, a function of the position (exact resume); rank r of K
+    takes positions r, r+K, ..."""
 
     def __init__(self, n, seed, start=0, rank=0, world=1):
         self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
@@ -335,8 +339,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
 
 def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, labels=False):
-    """Endless device batches from `start_step` on: images, or (images, labels) with `labels`.
-    Creating it draws the DataLoader's base seed from the global torch RNG."""
+    """Endless device batches from `start_step` on (with `labels`: (images, labels)); draws the loader's seed."""
     sampler = InfiniteSampler(len(dataset), args.seed + seed_offset, start_step * args.batch_size,
                               dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
@@ -350,7 +353,18 @@ def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, label
             x = x.contiguous(memory_format=torch.channels_last)
         return (x, batch["labels"].to(device, non_blocking=True)) if labels else x
 
-    return map(on_device, iter(loader))
+    return map(on_device, _batches(iter(loader)))  # iter() now: the base seed is drawn here
+
+
+def _batches(it):
+    """The batches of a DataLoader iterator; a UserError from a worker keeps its message, not the traceback."""
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except UserError as e:
+            raise UserError(str(e).strip().splitlines()[-1].split("UserError: ")[-1]) from None
 
 
 def _layout_help(root):
@@ -361,11 +375,12 @@ def _layout_help(root):
             f"--data toy, toy-shape or toy-attr.")
 
 
-def dataset_dir(args):
+def dataset_dir(args, layout_help=_layout_help):
     """The folder of a real dataset: --data as a path if it is one, else --data_root/--data."""
-    root = args.data if os.path.isdir(args.data) else os.path.join(args.data_root, args.data)
+    root = args.data if os.path.exists(args.data) else os.path.join(args.data_root, args.data)
     if not os.path.isdir(root):
-        raise UserError(f"dataset folder {root} does not exist. {_layout_help(root)}")
+        raise UserError(f"{root} is {'a file, not' if os.path.exists(root) else 'not'} a dataset folder. "
+                        f"{layout_help(root)}")
     return root
 
 
@@ -407,7 +422,7 @@ def test_split(args, domain):
 
 def test_batches(dataset, args, batch_size=16):
     """A test or eval pass over `dataset`, in order: batches of dicts (image, name, masks...)."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.workers)
+    return _batches(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)))
 
 
 def input_images(args):
@@ -434,14 +449,12 @@ def download_dataset(name, data_root, url=None):
     if os.path.isdir(target) and list_images(target):
         print(f"{target} already holds images; not downloading again")
         return target
-    os.makedirs(data_root, exist_ok=True)
-    part = os.path.join(data_root, f".{name}.zip.part")
+    part = os.path.join(make_folder(data_root), f".{name}.zip.part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
-                while chunk := response.read(1 << 20):
-                    bar.update(f.write(chunk))
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f, tqdm(
+                total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True) as bar:
+            while chunk := response.read(1 << 20):
+                bar.update(f.write(chunk))
         if not zipfile.is_zipfile(part):
             raise UserError(f"{url} did not give a zip file; download it by hand and unzip it into {data_root}.")
         with zipfile.ZipFile(part) as z:
@@ -465,7 +478,6 @@ def download_dataset(name, data_root, url=None):
 CELEBA_ATTR_FILE = "list_attr_celeba.txt"
 CELEBA_DEFAULT_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 CELEBA_HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")  # StarGAN keeps one hair colour at a time
-TOY_ATTR_DEFAULT = ("color", "sleeve")  # size and bg are nuisance groups (reference matching)
 TOY_ATTR_REGIONS = {"color": "mask", "sleeve": "mask_sleeves"}  # GT region of a change of that group
 ATTR_TEST_SIZE = 2000  # test images taken from CelebA and labels.csv datasets (StarGAN, AMGAN)
 
@@ -499,8 +511,7 @@ class AttributeSet:
         return out
 
     def changes(self, labels):
-        """Every single-group change of a batch (sample grids, test, eval): (group, value, target, valid), where
-        `valid` marks the images whose value of that group is not already `value`."""
+        """Every single-group change of a batch: (group, value, target, valid: the images not already at value)."""
         for g in self.manipulated:
             for v in range(len(self.values[g])):
                 target = self.set_value(labels, g, v)
@@ -523,8 +534,7 @@ class AttributeSet:
                                 f"{', '.join(self.values[g])}.")
             pairs.append((g, self.values[g].index(value)))
         if not pairs:
-            raise UserError(f"--target {text!r} names no attribute; write e.g. "
-                            f"{self.describe(self.manipulated[0], 0)}.")
+            raise UserError(f"--target {text!r} names no attribute; e.g. {self.describe(self.manipulated[0], 0)}.")
         return pairs
 
 
@@ -536,14 +546,27 @@ def select_attributes(names, values, binary, attrs_arg, default, exclusive_names
         raise UserError(f"--attrs: unknown attribute {', '.join(unknown) or '(none given)'}; this dataset has "
                         f"{', '.join(names)}.")
     manipulated = [names.index(a) for a in chosen]
+    if single := [names[g] for g in manipulated if len(values[g]) < 2]:
+        raise UserError(f"--attrs: {', '.join(single)} takes a single value in this dataset, so there is nothing to "
+                        f"change it to; choose other attributes (this dataset has {', '.join(names)}).")
     return AttributeSet(names, values, binary, manipulated, [[g for g in manipulated if names[g] in exclusive_names]])
+
+
+def _read_lines(path):
+    """A text file's lines; a UTF-8 BOM is dropped, a byte that is not UTF-8 is an error naming its line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(10) + 1  # 10: a newline byte
+        raise UserError(f"{path}, line {line}: byte {data[e.start]:#04x} is not UTF-8; save it as UTF-8.") from None
 
 
 def read_celeba_attributes(path):
     """CelebA's list_attr_celeba.txt (the image count, the 40 names, then a file name and 40 values
     in {1, -1} per line, irregular spaces) -> (names, files, (N, 40) LongTensor of 0/1)."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = _read_lines(path)
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
     names, files, rows = lines[1].split(), [], []
@@ -563,26 +586,25 @@ def read_celeba_attributes(path):
 
 def read_labels_csv(path):
     """The table 'filename,<attribute>,...' with a value name per cell -> (names, values, files, labels)."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[0].strip() != "filename" or len(header) < 2:
-            raise UserError(f"{path}, line 1: expected the header 'filename,<attribute>,<attribute>,...', got "
-                            f"{','.join(header or [])!r}.")
-        names = [h.strip() for h in header[1:]]
-        if len(set(names)) != len(names) or not all(names):
-            raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
-        files, cells = [], []
-        for row in (r for r in reader if any(c.strip() for c in r)):
-            if len(row) != len(header):
-                raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
-                                f"(filename and {len(names)} attributes), got {len(row)}.")
-            row = [c.strip() for c in row]
-            empty = ["filename"] * (not row[0]) + [names[k] for k, c in enumerate(row[1:]) if not c]
-            if empty:
-                raise UserError(f"{path}, line {reader.line_num}: empty cell ({empty[0]}).")
-            files.append(row[0])
-            cells.append(row[1:])
+    reader = csv.reader(_read_lines(path))
+    header = next(reader, None)
+    if not header or header[0].strip() != "filename" or len(header) < 2:
+        raise UserError(f"{path}, line 1: expected the header 'filename,<attribute>,<attribute>,...', got "
+                        f"{','.join(header or [])!r}.")
+    names = [h.strip() for h in header[1:]]
+    if len(set(names)) != len(names) or not all(names):
+        raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
+    files, cells = [], []
+    for row in (r for r in reader if any(c.strip() for c in r)):
+        if len(row) != len(header):
+            raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
+                            f"(filename and {len(names)} attributes), got {len(row)}.")
+        row = [c.strip() for c in row]
+        empty = ["filename"] * (not row[0]) + [names[k] for k, c in enumerate(row[1:]) if not c]
+        if empty:
+            raise UserError(f"{path}, line {reader.line_num}: empty cell ({empty[0]}).")
+        files.append(row[0])
+        cells.append(row[1:])
     if not files:
         raise UserError(f"{path} lists no images.")
     values = [sorted({r[k] for r in cells}) for k in range(len(names))]
@@ -619,13 +641,14 @@ def attribute_data(args, split):
         if args.data != "toy-attr":
             raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
         attrs = select_attributes(list(TOY_ATTRS), list(TOY_ATTRS.values()), [False] * len(TOY_ATTRS), args.attrs,
-                                  TOY_ATTR_DEFAULT)
+                                  ("color", "sleeve"))  # size and bg are nuisance groups (reference matching)
         return attrs, ToyDataset("toy-attr", split, args.img_size)
-    root = dataset_dir(args)
-    layout = (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
-              f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
-              f"{root}/images/; the README says how to convert DeepFashion and Shopping100k). Or run on the "
-              f"embedded toy dataset: --data toy-attr.")
+    layout = lambda root: (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in "  # noqa: E731
+                           f"{root}/img_align_celeba/) or a labels table ({root}/labels.csv with the header "
+                           f"'filename,<attribute>,...' and the images in {root}/images/; the README says how to "
+                           f"convert DeepFashion and Shopping100k). Or run on the embedded toy dataset: "
+                           f"--data toy-attr.")
+    root = dataset_dir(args, layout)
     if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
         names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
         attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
@@ -637,9 +660,9 @@ def attribute_data(args, split):
         folder, transform = os.path.join(root, "images"), flip_resize_transform
         test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
     else:
-        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {layout}")
+        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {layout(root)}")
     if not os.path.isdir(folder):
-        raise UserError(f"{folder} does not exist: the images of {root} go there. {layout}")
+        raise UserError(f"{folder} does not exist: the images of {root} go there. {layout(root)}")
     keep = _split_indices(len(files), test_size)[split]
     if not keep:
         raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
@@ -703,8 +726,7 @@ def _toy_ellipse(rng, domain, xx, yy, size):
 
 
 def _toy_disc_or_square(rng, domain, xx, yy, size):
-    """toy-shape: a disc of radius r (A) or a square of the same area (B). GT mask: the square of side 2r
-    around the centre, which holds both shapes, so a correct disc <-> square translation stays inside it."""
+    """toy-shape: a disc of radius r (A) or a square of the same area (B); GT mask: the square of side 2r."""
     r = rng.uniform(0.15, 0.27) * size
     cx, cy = rng.uniform(r, size - r, 2)
     dx, dy = np.abs(xx - cx), np.abs(yy - cy)
@@ -714,10 +736,8 @@ def _toy_disc_or_square(rng, domain, xx, yy, size):
 
 
 def _toy_shirt(rng, labels, xx, yy, size):
-    """toy-attr: a shirt (torso with neckline, two sleeves) on a muted background -> background, image,
-    and the masks shirt, torso, sleeves (long extent)."""
+    """toy-attr: a shirt (torso, neckline, sleeves) on a muted background -> background, image, and masks."""
     colour_id, sleeve_id, size_id, bg_id = labels
-    # Background: a muted, mid-grey-ish colour; plain, or low- plus higher-frequency noise.
     mean = rng.uniform(0.3, 0.55) + rng.uniform(-0.05, 0.05, 3)
     if bg_id == 0:
         background = np.broadcast_to(mean[:, None, None], (3, size, size)).astype(np.float32)
@@ -730,8 +750,7 @@ def _toy_shirt(rng, labels, xx, yy, size):
     # Torso: height h, shoulder width 0.62h, hem width 0.56h, top edge (shoulder line) at y0.
     h = (rng.uniform(0.56, 0.62) if size_id == 1 else rng.uniform(0.38, 0.42)) * size
     top_w, hem_w = 0.62 * h, 0.56 * h
-    # Sleeves: rectangles of width sw hanging from the shoulder corners, tilted outwards by alpha
-    # from the vertical. Long sleeves are 0.8h long, short ones the first 35% of that.
+    # Sleeves: width sw, from the shoulder corners, tilted out by alpha; long 0.8h, short 35% of that.
     alpha = rng.uniform(0.17, 0.3)
     sw, long_len = 0.2 * h, 0.8 * h
     # Place the shirt (with long sleeves: the largest extent) fully inside the image.
@@ -746,9 +765,7 @@ def _toy_shirt(rng, labels, xx, yy, size):
     sleeves_long, sleeves_drawn = np.zeros_like(torso), np.zeros_like(torso)
     drawn_len = (0.0, 0.35 * long_len, long_len)[sleeve_id]
     for side in (-1, 1):
-        # Sleeve frame: origin at the shoulder corner, `along` down the sleeve (tilted outwards),
-        # `across` perpendicular to it, pointing away from the torso. The torso side slopes inwards
-        # below the corner, so sleeves and torso do not overlap.
+        # the sleeve's frame: `along` it from the shoulder corner, `across` it away from the torso
         px, py = xx - (cx + side * top_w / 2), yy - y0
         along = px * side * np.sin(alpha) + py * np.cos(alpha)
         across = px * side * np.cos(alpha) - py * np.sin(alpha)
@@ -770,9 +787,8 @@ def _toy_rng(name, split, index, domain, seed):
 
 
 def toy_render(name, split, index, size, domain=None, seed=0):
-    """Sample `index` of a toy dataset at `size` px (`domain` 'A'/'B', or None for toy-attr): float32
-    image and background (3, S, S) in [-1, 1], mask (1, S, S) in {0, 1}; toy-attr adds mask_torso,
-    mask_sleeves and labels (4 value indices, TOY_ATTRS order)."""
+    """Sample `index` of a toy dataset at `size` px (`domain` 'A'/'B', None for toy-attr): float32 image and
+    background in [-1, 1], mask (1, S, S); toy-attr adds mask_torso, mask_sleeves and labels (TOY_ATTRS order)."""
     size = int(size)
     rng = _toy_rng(name, split, int(index), domain, int(seed))
     c = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
@@ -803,8 +819,8 @@ def toy_render(name, split, index, size, domain=None, seed=0):
 
 
 class ToyDataset(torch.utils.data.Dataset):
-    """One split (and domain) of a toy dataset, rendered on the fly: toy_render's dicts without the
-    background, with a name (the index) and skipped = 0, as ImageFiles's; toy-attr's `labels` holds all."""
+    """One split (and domain) of a toy dataset, rendered on the fly: ImageFiles-like items with the GT masks;
+    toy-attr's `labels` holds every sample's labels."""
 
     def __init__(self, name, split, size, domain=None, seed=0):
         self.name, self.split, self.size, self.domain, self.seed = name, split, size, domain, seed
@@ -870,21 +886,33 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
-    """Networks, optimizers, step, args, RNG states and `extra` (elapsed seconds, pools...), atomically."""
+    """Everything to resume, atomically; NaN/Inf weights raise Diverged, a failed write UserError (old file kept)."""
+    if bad := [k for k, m in models.items() if not all(t.isfinite().all() for t in m.state_dict().values())]:
+        kept = f"{path} keeps the last checkpoint before it" if os.path.exists(path) else "no checkpoint was saved"
+        raise Diverged(f"the weights of {', '.join(bad)} became NaN/Inf by step {step}; {kept}. Try a lower --lr, or "
+                       f"run without --amp.")
     state = {"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args),
              "models": {k: m.state_dict() for k, m in models.items()},
              "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state(), "extra": extra or {}}
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as either
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        mb = sum(t.numel() * t.element_size() for m in models.values() for t in m.state_dict().values()) * 3 / 2**20
+        kept = "The previous checkpoint is kept: continue with --resume" if os.path.exists(path) else "Run again"
+        raise UserError(f"could not write {path} ({str(e).splitlines()[0]}); it needs about {mb:.0f} MB free (the "
+                        f"networks and their Adam moments). {kept} after freeing space.") from None
 
 
 def _read_checkpoint(path, script):
-    """The checkpoint dict, after checking that it is one of `script` in this version's layout."""
+    """The checkpoint dict, after checking that it is a whole one of `script` in this version's layout."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: {e}).") from None
+    except Exception as e:  # never the pickle fallback torch's message suggests: a checkpoint holds plain data
+        raise UserError(f"{path} is not a checkpoint of this project (torch.load: {type(e).__name__}).") from None
     if not isinstance(state, dict) or state.get("script") != script:
         other = state.get("script") if isinstance(state, dict) else None
         raise UserError(f"{path} is a checkpoint of {other or 'something else'}, not of {script}.py; "
@@ -893,6 +921,8 @@ def _read_checkpoint(path, script):
         raise UserError(f"{path} has checkpoint layout version {state.get('version')}, and this code reads version "
                         f"{CKPT_VERSION}: it was written by another version of this project. Use that version, "
                         f"or train a new run.")
+    if missing := {"step", "args", "models", "optimizers", "rng", "extra"} - set(state):
+        raise UserError(f"{path} lacks {', '.join(sorted(missing))}: it is damaged or not a whole checkpoint.")
     return state
 
 
@@ -904,29 +934,40 @@ def load_checkpoint(path, script, models, optimizers=None):
             m.load_state_dict(state["models"][k])
         for k, o in (optimizers or {}).items():
             o.load_state_dict(state["optimizers"][k])
-    except (KeyError, RuntimeError) as e:
+    except (KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"{path} does not match this architecture ({str(e).splitlines()[0]}); it was written "
                         f"with other network flags. Use its own flags or another --out.") from None
     return state
 
 
+def make_folder(path):
+    """os.makedirs, or UserError when `path` cannot be a folder (a file there, no permission, ...)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder {path} ({e.strerror}); choose another --out.") from None
+    return path
+
+
 def prepare_out(args, dist_):
-    """Create --out, refuse to overwrite an existing run, write args.json (rank 0)."""
-    if os.path.exists(args.ckpt) and not args.resume:
-        raise UserError(f"{args.ckpt} already exists and a new run would overwrite it. Continue it with --resume, "
-                        f"pick another --out, or delete the folder if you mean to start over.")
+    """--out with args.json (rank 0), refusing to overwrite an earlier run; a killed save's temp files go."""
+    for earlier in [] if args.resume else [args.ckpt, os.path.join(args.out, "log.csv")]:
+        if os.path.exists(earlier):
+            raise UserError(f"{earlier} already exists and a new run would overwrite it. Continue it with --resume, "
+                            f"pick another --out, or delete the folder if you mean to start over.")
     if dist_.main:
-        os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+        make_folder(os.path.join(args.out, "samples"))
+        for stale in glob.glob(glob.escape(args.ckpt) + ".tmp*"):
+            os.remove(stale)
         with open(os.path.join(args.out, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
 
 
 class RunLog:
-    """log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar. add(losses) sums
-    0-dim losses on the device (no host sync), each term over the steps that computed it (G: every
-    n_critic); write(step, lr) averages them, raises Diverged on NaN/Inf and rewrites the file (rank 0),
-    so a late term widens the header. A resumed run keeps the rows up to its step, a new one starts anew.
-    interrupted(step): Ctrl-C was pressed (the step is finished first)."""
+    """log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar. add(losses) sums 0-dim
+    losses on the device (no host sync), each term over the steps that computed it (G: every n_critic); write()
+    averages them, raises Diverged on NaN/Inf and rewrites the file (rank 0; a late term widens the header); a
+    resumed run keeps the rows up to its step. interrupted(step): Ctrl-C was pressed (after the step)."""
 
     def __init__(self, args, dist_, start_step, elapsed=0.0):
         self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
@@ -937,6 +978,7 @@ class RunLog:
             with open(self.path) as f:
                 reader = csv.DictReader(f)
                 self.rows = [r for r in reader if int(r["step"]) <= start_step]
+                _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # counted on
             tail = ("step", "lr", "seconds", "skipped_images")
             self.terms = [k for k in reader.fieldnames if k not in tail] if self.rows else []
             self._save()
@@ -969,9 +1011,10 @@ class RunLog:
         first, self.first, self.sums, self.counts = self.first, step + 1, {}, {}
         if bad := [k for k, v in values.items() if not math.isfinite(v)]:
             self.bar.close()
+            kept = (f"the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}"
+                    if os.path.exists(self.ckpt) else "no checkpoint was saved")
             raise Diverged(f"loss {', '.join(bad)} became NaN/Inf between steps {first} and {step}; training stopped "
-                           f"and the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}. Try a "
-                           f"lower --lr, or run without --amp.")
+                           f"and {kept}. Try a lower --lr, or run without --amp.")
         row = {"step": step, **{k: f"{v:.5g}" for k, v in values.items()}, "lr": f"{lr:.4g}",
                "seconds": f"{self.seconds():.1f}", "skipped_images": _stats["skipped"]}
         if self.main:
@@ -1056,7 +1099,7 @@ def save_pictures(folder, names, images, attention=None, under=None):
     under = images if under is None else under
     for i, name in enumerate(names):
         path = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)  # a name may hold a subfolder
+        make_folder(os.path.dirname(path))  # a name may hold a subfolder
         torchvision.utils.save_image((images[i].detach().float().cpu() + 1) / 2, f"{path}.png")
         if attention is not None:
             overlay = heat_overlay(attention[i:i + 1], under[i:i + 1])[0]
@@ -1082,26 +1125,12 @@ class ToyJudge(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(64, k) for k in self.head_sizes)
 
     def features(self, x):
-        """(N, 3, S, S) in [-1, 1] -> (N, 64) pooled features, L2-normalised to norm sqrt(64): KID's
-        kernel (x.y/d + 1)^3 then stays in [0, 8] even for images far from the training data."""
+        """(N, 64) pooled features with norm 8, so that KID's kernel (x.y/d + 1)^3 stays in [0, 8]."""
         return F.normalize(self.body(x).mean(dim=(2, 3)), dim=1) * 8.0
 
-    def forward(self, x):
-        """-> a list of logits tensors, one per head (on the unnormalised pooled features)."""
+    def forward(self, x):  # a list of logits, one per head
         feats = self.body(x).mean(dim=(2, 3))
         return [head(feats) for head in self.heads]
-
-
-def _toy_judge_data(name, split, size, seed):
-    """The whole split as tensors: images (N, 3, S, S) and targets (N, heads)."""
-    n = TOY_SPLIT_SIZES[split]
-    if name == "toy-attr":
-        items = [toy_render(name, split, i, size, None, seed) for i in range(n)]
-        targets = torch.stack([item["labels"] for item in items])
-    else:
-        items = [toy_render(name, split, i, size, domain, seed) for domain in "AB" for i in range(n)]
-        targets = torch.arange(2).repeat_interleave(n)[:, None]
-    return torch.stack([item["image"] for item in items]), targets
 
 
 def _toy_augment(x, name, gen):
@@ -1122,7 +1151,14 @@ def _toy_augment(x, name, gen):
 def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
     """Train the judge (cross-entropy, Adam 1e-3; >= 98% test accuracy at 64 px, >= 95% at 32 px):
     -> (judge in eval mode, mean test accuracy); judge.test_accuracies has it per direction or attribute."""
-    x, y = _toy_judge_data(name, "train", size, seed)
+    def split_data(split):  # the whole split: images (N, 3, S, S), targets (N, heads)
+        n = TOY_SPLIT_SIZES[split]
+        if name == "toy-attr":
+            items = [toy_render(name, split, i, size, None, seed) for i in range(n)]
+            return torch.stack([item["image"] for item in items]), torch.stack([item["labels"] for item in items])
+        items = [toy_render(name, split, i, size, domain, seed) for domain in "AB" for i in range(n)]
+        return torch.stack([item["image"] for item in items]), torch.arange(2).repeat_interleave(n)[:, None]
+    x, y = split_data("train")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(seed)
@@ -1136,7 +1172,7 @@ def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    x, y = _toy_judge_data(name, "test", size, seed)
+    x, y = split_data("test")
     judge.eval()
     with torch.no_grad():
         preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
@@ -1154,18 +1190,16 @@ def load_toy_judge(name, size, data_root, device="cpu"):
     """(judge in eval mode, its mean test accuracy), trained once and cached in <data_root>/.toy_judge/."""
     path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px_v{TOY_VERSION}.pt")
     if os.path.isfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        judge = ToyJudge(name)
+        saved, judge = torch.load(path, map_location="cpu", weights_only=True), ToyJudge(name)
         judge.load_state_dict(saved["state_dict"])
         judge.test_accuracies, accuracy = saved["accuracies"], saved["accuracy"]
     else:
         print(f"training the toy judge for {name} at {size} px once; cached in {path}")
         judge, accuracy = train_toy_judge(name, size, device=device)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         state = {k: v.cpu() for k, v in judge.state_dict().items()}
-        torch.save({"state_dict": state, "accuracy": accuracy, "accuracies": judge.test_accuracies},
-                   f"{path}.tmp{os.getpid()}")
-        os.replace(f"{path}.tmp{os.getpid()}", path)
+        make_folder(os.path.dirname(path))
+        torch.save({"state_dict": state, "accuracy": accuracy, "accuracies": judge.test_accuracies}, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
     return judge.to(device).eval(), accuracy
 
 
@@ -1257,9 +1291,9 @@ def _build_fid_inception():
         return (F.avg_pool2d(branch.block_input, 3, stride=1, padding=1, count_include_pad=False),)
 
     net = tv_inception.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
-    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7b",
-                 "Mixed_7c"):
-        block = getattr(net, name)
+    for name, block in net.named_children():
+        if not isinstance(block, (tv_inception.InceptionA, tv_inception.InceptionC, tv_inception.InceptionE)):
+            continue
         block.branch_pool.max_pool = name == "Mixed_7c"
         block.register_forward_pre_hook(lambda b, inputs: setattr(b.branch_pool, "block_input", inputs[0]))
         block.branch_pool.register_forward_pre_hook(tf_pool)
@@ -1316,9 +1350,8 @@ def masked_psnr_l1(src, out, mask):
 
 
 def attention_iou_pointing(attention, mask, threshold=0.5):
-    """(mean IoU, pointing accuracy) of (N, 1, h, w) attention against the GT mask: upsampled, min-max
-    normalised per image, thresholded (a constant map selects everything; empty prediction and mask: IoU 1);
-    pointing: the share of images whose attention maximum lies inside the mask."""
+    """(mean IoU, pointing accuracy) of (N, 1, h, w) maps against GT masks: upsampled, min-max normalised,
+    thresholded (a constant map selects all; both empty: IoU 1); pointing: the map's maximum is inside the mask."""
     flat, target = normalise_map(attention.double(), mask.shape[-1]).flatten(1), mask.flatten(1) > 0.5
     raw = attention.flatten(1)
     constant = (raw.amax(1) - raw.amin(1)) <= 1e-8 * raw.abs().amax(1).clamp_min(1)
@@ -1328,13 +1361,11 @@ def attention_iou_pointing(attention, mask, threshold=0.5):
     return iou.mean().item(), target.gather(1, flat.argmax(1, keepdim=True)).double().mean().item()
 
 
-def _inception_or_none(args, required):
+def _inception(args):
     try:
         return fid_inception(args.inception_weights)
     except (FileNotFoundError, ValueError) as e:
-        if required:
-            raise UserError(str(e)) from None
-        return None, None
+        raise UserError(str(e)) from None
 
 
 def _kid_fid(real, fake, prefix=""):
@@ -1345,34 +1376,27 @@ def _kid_fid(real, fake, prefix=""):
 
 
 class TranslationMetrics:
-    """--phase eval of a two-domain script: add() each direction's test batches and translations, add_real()
-    the target domain's, then write(). Toy data: the judge's verdict (translation_success), PSNR/L1 outside
-    the GT mask, attention IoU/pointing, toy-KID on judge features; KID and FID on Inception features."""
+    """--phase eval of a two-domain script: add() each direction's test batches and translations, add_real() the
+    target's, write(). Toy data: the judge's verdict, PSNR/L1 outside the mask, attention IoU/pointing, toy-KID;
+    real data: KID and FID on Inception features."""
 
     def __init__(self, args, device):
-        self.args, self.device, self.toy = args, device, args.data in TOY_NAMES
-        self.inception, label = _inception_or_none(args, required=not self.toy)
-        self.inception = self.inception.to(device) if self.inception is not None else None
-        self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
-                        "inception": label or "no weights found: toy metrics only (see --inception_weights)"}
+        self.args, self.device, self.toy, self.parts = args, device, args.data in TOY_NAMES, {}
+        self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt}
         if self.toy:
             self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
                                                                              args.data_root, device)
-        self.parts = {}  # direction -> metric sums, image count, features of the fakes and reals
+            self.features = lambda images: self.judge.features(images).double().cpu()
+        else:
+            inception, self.results["inception"] = _inception(args)
+            self.features = lambda images: extract_features(inception.to(device), [images], device)
 
-    def _features(self, direction, kind, images):
-        part = self.parts.setdefault(direction, {"sums": {}, "n": 0, "judge_fake": [], "judge_real": [],
-                                                 "inception_fake": [], "inception_real": []})
-        if self.toy:
-            with torch.no_grad():
-                part[f"judge_{kind}"].append(self.judge.features(images).double().cpu())
-        if self.inception is not None:
-            part[f"inception_{kind}"].append(extract_features(self.inception, [images], self.device))
-        return part
+    def _part(self, direction):
+        return self.parts.setdefault(direction, {"sums": {}, "n": 0, "fake": [], "real": []})
 
     def add(self, direction, batch, out, attention):
         """A test batch of the source domain (image, toy GT mask), its translations and attention maps."""
-        x, metrics = batch["image"].to(self.device), {}
+        x, metrics, part = batch["image"].to(self.device), {}, self._part(direction)
         if self.toy:
             mask = batch["mask"].to(self.device)
             metrics["background_psnr_db"], metrics["background_l1"] = masked_psnr_l1(x, out, mask)
@@ -1380,35 +1404,34 @@ class TranslationMetrics:
             metrics["translation_success"] = (self.judge(out)[0].argmax(1) == target).float().mean().item()
             if attention is not None:
                 metrics["attention_iou"], metrics["attention_pointing"] = attention_iou_pointing(attention, mask)
-        part = self._features(direction, "fake", out)
-        for k, v in metrics.items():
+        for k, v in metrics.items():  # batch means weighted by the batch's size
             part["sums"][k] = part["sums"].get(k, 0.0) + v * len(x)
         part["n"] += len(x)
+        part["fake"].append(self.features(out))
 
     def add_real(self, direction, batch):
         """A test batch of the target domain: the real images the translations are compared with."""
-        self._features(direction, "real", batch["image"].to(self.device))
+        self._part(direction)["real"].append(self.features(batch["image"].to(self.device)))
 
     def write(self):
         for direction, part in self.parts.items():
             m = {**{k: v / part["n"] for k, v in part["sums"].items()}, "images": part["n"]}
-            for prefix, kind in (("toy_", "judge"), ("", "inception")):
-                if part[f"{kind}_fake"]:
-                    m.update(_kid_fid(torch.cat(part[f"{kind}_real"]), torch.cat(part[f"{kind}_fake"]), prefix))
-            self.results[direction] = m
+            self.results[direction] = {**m, **_kid_fid(torch.cat(part["real"]), torch.cat(part["fake"]),
+                                                       "toy_" if self.toy else "")}
         return write_metrics(self.args.out, self.results)
 
 
 class AttributeMetrics:
-    """--phase eval of an attribute script: add() every single-attribute change of the test split, then
-    summary(). toy-attr: the judge reads the target value (attribute_accuracy) and the other groups unchanged
-    (kept_accuracy); PSNR/L1 outside the change's GT region; attention IoU/pointing; retrieval_top30 (one of
-    the 30 nearest train images in judge features has all target labels). Real data: KID and FID."""
+    """--phase eval of an attribute script: add() every single-attribute change of the test split, summary().
+    toy-attr: the judge reads the target value (attribute_accuracy) and the rest unchanged (kept_accuracy), PSNR/L1
+    outside the change's GT region, attention IoU/pointing, retrieval_top30 (of the 30 nearest train images in
+    judge features one has all target labels). Real data: KID and FID against the real test images."""
 
     def __init__(self, args, attrs, test_set, device):
         self.args, self.attrs, self.device, self.toy = args, attrs, device, args.data in TOY_NAMES
         self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
                         "manipulated": [attrs.names[g] for g in attrs.manipulated]}
+        self.sums, self.fake = {g: {} for g in attrs.manipulated}, {g: [] for g in attrs.manipulated}
         if self.toy:
             self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
                                                                              args.data_root, device)
@@ -1418,15 +1441,12 @@ class AttributeMetrics:
                                                    for b in test_batches(gallery, args, batch_size=200)])
             self.gallery_labels = gallery.labels.to(device)
         else:
-            self.inception, self.results["inception"] = _inception_or_none(args, required=True)
+            self.inception, self.results["inception"] = _inception(args)
             self.inception = self.inception.to(device)
             self.real = extract_features(self.inception, (b["image"] for b in test_batches(test_set, args)), device)
-            self.fake = {g: [] for g in attrs.manipulated}
-        self.sums = {g: {} for g in attrs.manipulated}
 
     def add(self, batch, keep, group, value, target, out, attention):
-        """The images `keep` of a test batch changed to value `value` of `group`: `target` the batch's
-        target labels, `out` the manipulated images, `attention` their maps (or None)."""
+        """The images `keep` of a test batch changed to `value` of `group` (target: the batch's targets)."""
         x, target, part = batch["image"].to(self.device)[keep], target[keep], {}
         if self.toy:
             with torch.no_grad():
@@ -1444,7 +1464,7 @@ class AttributeMetrics:
             part["retrieval_top30"] = hits.double().mean().item()
         else:
             self.fake[group].append(extract_features(self.inception, [out], self.device))
-        for k, v in [("images", 1.0), *part.items()]:
+        for k, v in {"images": 1.0, **part}.items():
             self.sums[group][k] = self.sums[group].get(k, 0.0) + v * len(x)
 
     def summary(self):
@@ -1464,7 +1484,7 @@ class AttributeMetrics:
 
 def write_metrics(out, results):
     """<out>/metrics.json, and a small table on the console: one row per direction or attribute."""
-    os.makedirs(out, exist_ok=True)
+    make_folder(out)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}

@@ -439,7 +439,8 @@ def main(argv=None):
         help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
     parser.set_defaults(lr=1e-4)
-    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS)
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS,
+                             positive=("ngf", "ndf", "epochs"))
     check_img_size(args)
 
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)

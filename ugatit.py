@@ -515,7 +515,8 @@ def main(argv=None):
     add("--init", default="normal", choices=["normal", "default"],
         help="N(0, 0.02) init (paper) or PyTorch's default (official PyTorch code)")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
-    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS)
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
+                             positive=("ch",))
     check_img_size(args)
 
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)

@@ -50,11 +50,12 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, capsys):
     write_images(tmp_path, 2)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     files = common.list_images(str(tmp_path))
-    ds = common.ImageFiles(files, 16, train=False)
     broken = files.index(str(tmp_path / "broken.png"))
-    item = ds[broken]
+    item = common.ImageFiles(files, 16, train=True)[broken]
     assert item["skipped"] == 1 and item["image"].shape == (3, 16, 16)
     assert "skipping unreadable image" in capsys.readouterr().err
+    with pytest.raises(common.UserError, match="cannot read the image .*broken.png"):  # test time: never a neighbour
+        common.ImageFiles(files, 16, train=False)[broken]
 
 
 def test_unpaired_layout_both_styles_and_errors(tmp_path):
@@ -166,7 +167,7 @@ def test_checkpoint_round_trip_and_rng(tmp_path):
     with pytest.raises(common.UserError, match="another version of this project"):
         common.load_checkpoint(str(tmp_path / "v2.pt"), "ugatit", {"net": net2})
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(common.UserError, match="not a readable checkpoint"):
+    with pytest.raises(common.UserError, match="not a checkpoint of this project"):
         common.load_checkpoint(str(tmp_path / "junk.pt"), "ugatit", {"net": net2})
 
 

@@ -1,0 +1,267 @@
+"""Nothing lost, no traceback: the fault and bad-input classes of every script (exit code 2 and one
+message, or exit code 1 for a diverged run; checkpoints that must survive are compared byte for byte)."""
+import csv
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import amgan
+import attentiongan
+import camconsistency
+import common
+import uag
+import ugatit
+from conftest import ROOT, run_script
+
+TINY = {
+    "ugatit": ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light"],
+    "attentiongan": ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_masks", "3"],
+    "uag": ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1"],
+    "camconsistency": ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers",
+                       "4", "--batch_size", "4", "--n_critic", "2"],
+    "amgan": ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4",
+              "--batch_size", "4", "--n_critic", "2", "--no_attention_loss", "--no_perceptual"],
+}
+MODULES = {"ugatit": ugatit, "attentiongan": attentiongan, "uag": uag, "camconsistency": camconsistency,
+           "amgan": amgan}
+SCRIPTS = list(TINY)
+TWO_DOMAIN = ["ugatit", "attentiongan", "uag"]
+QUIET = ["--workers", "0", "--log_every", "1", "--sample_every", "0"]
+
+
+def tensors_finite(path):
+    state = torch.load(path, weights_only=True)
+    return all(t.isfinite().all() for net in state["models"].values() for t in net.values() if t.is_floating_point())
+
+
+def write_folder_dataset(root, n=3, broken=()):
+    """A two-domain folder dataset of small random images; the names in `broken` are not images."""
+    for split in ("trainA", "trainB", "testA", "testB"):
+        os.makedirs(root / split, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / split / f"{i}.png")
+        for name in broken:
+            (root / split / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The NaN guard checks what it saves
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_divergent_update_on_a_save_step_never_replaces_a_finite_checkpoint(tmp_path, data_root, script):
+    out = str(tmp_path / "run")
+    MODULES[script].main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY[script], *QUIET])
+    r = run_script(f"{script}.py", "--out", out, "--resume", "--iters", "30", "--lr", "1e30", "--save_every", "1",
+                   "--data_root", data_root, "--workers", "0")
+    assert r.returncode == 1 and "NaN/Inf" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "keeps the last checkpoint" in r.stderr or "last good checkpoint" in r.stderr
+    assert tensors_finite(os.path.join(out, "ckpt.pt"))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    net, path = torch.nn.Linear(3, 2), str(tmp_path / "ckpt.pt")
+    args, opt = type("Args", (), {})(), torch.optim.Adam(net.parameters())
+    common.save_checkpoint(path, "ugatit", args, 1, {"net": net}, {"opt": opt})
+    before = open(path, "rb").read()
+    with torch.no_grad():
+        net.weight[0, 0] = float("nan")
+    with pytest.raises(common.Diverged, match="weights of net became NaN/Inf by step 2; .* keeps the last checkpoint"):
+        common.save_checkpoint(path, "ugatit", args, 2, {"net": net}, {"opt": opt})
+    assert open(path, "rb").read() == before
+    with pytest.raises(common.Diverged, match="no checkpoint was saved"):
+        common.save_checkpoint(str(tmp_path / "new.pt"), "ugatit", args, 2, {"net": net}, {"opt": opt})
+
+
+def test_a_run_that_diverges_before_its_first_save_says_no_checkpoint_exists(tmp_path, data_root):
+    out = tmp_path / "run"
+    r = run_script("ugatit.py", "--out", str(out), "--iters", "30", "--lr", "1e30", "--save_every", "100",
+                   "--data_root", data_root, *TINY["ugatit"], *QUIET)
+    assert r.returncode == 1 and "no checkpoint was saved" in r.stderr and not (out / "ckpt.pt").exists(), r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 2 and 11. Unreadable images: skipped and counted in training (also across a resume), an error at test time
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", TWO_DOMAIN)
+def test_a_folder_without_one_readable_image_exits_2(tmp_path, script):
+    root = tmp_path / "data"
+    write_folder_dataset(root, n=0, broken=["a.png", "b.jpg"])
+    r = run_script(f"{script}.py", "--data", str(root), "--out", str(tmp_path / "run"), "--iters", "2",
+                   *TINY[script], "--workers", "1")
+    assert r.returncode == 2 and "none of the 2 images" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_unreadable_test_image_or_input_is_named_and_nothing_is_replaced(tmp_path):
+    root = tmp_path / "data"
+    write_folder_dataset(root, broken=["zz.png"])
+    out = str(tmp_path / "run")
+    ugatit.main(["--data", str(root), "--out", out, "--iters", "2", *TINY["ugatit"], *QUIET])
+    for argv in (["--phase", "test"], ["--phase", "test", "--input", str(root / "testA" / "zz.png")]):
+        r = run_script("ugatit.py", "--out", out, "--workers", "1", *argv)
+        assert r.returncode == 2 and "zz.png" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_skipped_images_are_counted_on_across_a_resume(tmp_path):
+    root = tmp_path / "data"
+    write_folder_dataset(root, n=1, broken=["x.png", "y.png", "z.png"])
+    out = str(tmp_path / "run")
+    ugatit.main(["--data", str(root), "--out", out, "--iters", "6", "--stop_at", "3", *TINY["ugatit"], *QUIET])
+    ugatit.main(["--out", out, "--resume", "--workers", "0"])
+    with open(os.path.join(out, "log.csv")) as f:
+        skipped = [int(row["skipped_images"]) for row in csv.DictReader(f)]
+    assert len(skipped) == 6 and skipped[2] > 0 and skipped == sorted(skipped)  # counted on, never back to 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 3, 4, 5. Flags out of range, an --out that cannot be a folder, attribute datasets named wrongly
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("ugatit", "--batch_size", "0"), ("ugatit", "--lr", "-1"), ("ugatit", "--lr", "inf"), ("ugatit", "--workers", "-1"),
+    ("ugatit", "--log_every", "0"), ("ugatit", "--seed", "-1"), ("ugatit", "--iters", "0"), ("ugatit", "--iters", "-1"),
+    ("ugatit", "--stop_at", "0"), ("attentiongan", "--pool_size", "-1"), ("uag", "--epochs", "0"),
+    ("camconsistency", "--n_critic", "0"), ("amgan", "--cls_iters", "0"), ("amgan", "--lambda_a", "nan"),
+])
+def test_numeric_flags_out_of_range_exit_2(tmp_path, script, flag, value):
+    with pytest.raises(common.UserError, match=f"--{flag[2:]} .* out of range"):
+        MODULES[script].main(["--out", str(tmp_path / "run"), flag, value])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_out_that_cannot_be_a_folder_exits_2(tmp_path, data_root, script):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(common.UserError, match="cannot create the folder"):
+        MODULES[script].main(["--out", str(tmp_path / "taken"), "--iters", "1", "--data_root", data_root,
+                              *TINY[script], *QUIET])
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.parametrize("script", ["amgan", "camconsistency"])
+def test_attribute_scripts_explain_their_own_layouts(tmp_path, script):
+    (tmp_path / "labels.csv").write_text("filename,color\n")
+    for data, message in ((tmp_path / "missing", "is not a dataset folder"),
+                          (tmp_path / "labels.csv", "is a file, not a dataset folder")):
+        with pytest.raises(common.UserError, match=message) as e:
+            MODULES[script].main(["--data", str(data), "--out", str(tmp_path / "run")])
+        assert "labels.csv" in str(e.value) and "trainA" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6, 7. 16-bit and rotated images; attribute tables in other encodings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sixteen_bit_grey_is_scaled_and_exif_orientation_applied(tmp_path):
+    grey = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    image = np.asarray(common.load_image(tmp_path / "g16.png"))
+    assert image.shape == (32, 32, 3) and abs(image.mean() - grey.mean() / 257) < 1  # not clipped to white
+    photo = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    photo.save(tmp_path / "portrait.jpg", exif=exif)
+    assert common.load_image(tmp_path / "portrait.jpg").size == (20, 40)
+    for mode in ("L", "RGBA", "P"):  # the conversions that already worked
+        Image.new(mode, (8, 8)).save(tmp_path / f"{mode}.png")
+        assert common.load_image(tmp_path / f"{mode}.png").mode == "RGB"
+
+
+def test_attribute_tables_read_a_bom_and_name_the_line_of_a_non_utf8_byte(tmp_path):
+    (tmp_path / "labels.csv").write_bytes("\ufefffilename,color\na.png,red\nb.png,blue\n".encode())
+    names, values, files, _ = common.read_labels_csv(str(tmp_path / "labels.csv"))
+    assert names == ["color"] and files == ["a.png", "b.png"]
+    (tmp_path / "labels.csv").write_bytes(b"filename,color\na.png,red\nb.png,r\xe9d\n")
+    with pytest.raises(common.UserError, match="line 3: byte 0xe9"):
+        common.read_labels_csv(str(tmp_path / "labels.csv"))
+    (tmp_path / "list_attr_celeba.txt").write_bytes(b"1\nMale\n\xff.jpg 1\n")
+    with pytest.raises(common.UserError, match="line 3: byte 0xff"):
+        common.read_celeba_attributes(str(tmp_path / "list_attr_celeba.txt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. AMGAN: an attribute with one value, Ctrl-C while the attribute CNN trains
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_attribute_with_a_single_value_stops_before_any_training(tmp_path):
+    (tmp_path / "images").mkdir()
+    rows = [f"{i}.png,red,{['long', 'short'][i % 2]}" for i in range(20)]
+    (tmp_path / "labels.csv").write_text("filename,color,sleeve\n" + "\n".join(rows) + "\n")
+    with pytest.raises(common.UserError, match="color takes a single value"):
+        amgan.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--attrs", "color,sleeve"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_the_attribute_cnn_trains_saves_it_and_the_next_run_continues(tmp_path, data_root):
+    argv = [sys.executable, os.path.join(ROOT, "amgan.py"), "--phase", "classifier", "--out", str(tmp_path / "run"),
+            "--data_root", data_root, "--img_size", "32", "--cls_batch_size", "8", "--workers", "0"]
+    p = subprocess.Popen([*argv, "--cls_iters", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(15)  # rendering the toy data, then training
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    partial = tmp_path / "run" / "classifier.pt.partial"
+    assert p.returncode == 130 and partial.exists() and "Traceback" not in err, err
+    step = torch.load(partial, weights_only=True)["step"]
+    r = subprocess.run([*argv, "--cls_iters", str(step + 2)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"from step {step}" in r.stdout, r.stderr
+    assert (tmp_path / "run" / "classifier.pt").exists() and not partial.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9, 10, 11. Damaged checkpoints, a full disk, killed saves, a log without a checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def test_damaged_or_foreign_checkpoints_are_named_without_torch_advice(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    torch.save({"x": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a module: not weights-only data
+    torch.save({"script": "ugatit", "version": common.CKPT_VERSION, "args": {}}, tmp_path / "partial.pt")
+    for name, message in (("junk.pt", "not a checkpoint of this project"), ("pickled.pt", "not a checkpoint"),
+                          ("partial.pt", "lacks extra, models, optimizers, rng, step")):
+        r = run_script("ugatit.py", "--phase", "eval", "--ckpt", str(tmp_path / name), "--out", str(tmp_path))
+        assert r.returncode == 2 and message in r.stderr and "weights_only" not in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    net, path = torch.nn.Linear(3, 2), str(tmp_path / "ckpt.pt")
+    args = type("Args", (), {})()
+    opt = torch.optim.Adam(net.parameters())
+    common.save_checkpoint(path, "ugatit", args, 1, {"net": net}, {"opt": opt})
+    before = open(path, "rb").read()
+
+    def full_disk(obj, file):
+        open(file, "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(common.UserError, match="MB free.*previous checkpoint is kept"):
+        common.save_checkpoint(path, "ugatit", args, 2, {"net": net}, {"opt": opt})
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_a_new_run_removes_stale_temp_files_and_refuses_a_folder_with_a_log(tmp_path, data_root):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt.pt.tmp4242").write_bytes(b"killed mid-save")
+    ugatit.main(["--out", str(out), "--iters", "1", "--data_root", data_root, *TINY["ugatit"], *QUIET])
+    assert not glob.glob(str(out / "ckpt.pt.tmp*"))
+    (out / "ckpt.pt").unlink()  # a log of an earlier run, but no checkpoint
+    log = (out / "log.csv").read_text()
+    with pytest.raises(common.UserError, match="log.csv already exists"):
+        ugatit.main(["--out", str(out), "--iters", "1", "--data_root", data_root, *TINY["ugatit"], *QUIET])
+    assert (out / "log.csv").read_text() == log
