@@ -93,7 +93,7 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
 
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
 PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input",
-                  "amp", "compile", "inception_weights"}
+                  "amp", "compile", "inception_weights", "from_official"}
 
 
 def _given_flags(parser, argv):
@@ -117,7 +117,7 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
     data_name = args.data if args.data in TOY_NAMES else os.path.basename(os.path.normpath(args.data))
     args.out = args.out or os.path.join("results", f"{script}_{data_name}")
     ckpt_path = args.ckpt or os.path.join(args.out, "ckpt.pt")
-    if args.phase in ("test", "eval") or args.resume:
+    if (args.phase in ("test", "eval") and not getattr(args, "from_official", None)) or args.resume:
         if not os.path.exists(ckpt_path):
             what = "--resume" if args.resume else f"--phase {args.phase}"
             raise UserError(f"{what} needs a checkpoint, and there is none at {ckpt_path}. Train first "

@@ -39,6 +39,7 @@ Deviations from the official PyTorch code (each keeps the paper's math unless it
 """
 import argparse
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -272,6 +273,114 @@ def build_networks(args):
     return nets
 
 
+# ---------------- The official PyTorch code's checkpoints (--from_official) ----------------
+
+OFFICIAL_NETS = {"genA2B": "gen_a2b", "genB2A": "gen_b2a", "disGA": "disc_global_a", "disGB": "disc_global_b",
+                 "disLA": "disc_local_a", "disLB": "disc_local_b"}  # disGA judges domain A, as our disc_global_a
+# official key -> ours: (pattern, replacement) applied in order to every key of a network
+OFFICIAL_GEN_KEYS = ((r"^DownBlock\.(\d+)\.conv_block\.", r"encoder.\1.block."), (r"^DownBlock\.", "encoder."),
+                     (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", lambda m: f"res_blocks.{int(m[1]) - 1}."),
+                     (r"^UpBlock2\.", "upsample."))
+OFFICIAL_DISC_KEYS = ((r"^model\.", "trunk."), (r"^conv\.", "classifier."),
+                      # the legacy torch.nn.utils.spectral_norm's tensors -> the parametrization's
+                      (r"\.weight_orig$", ".parametrizations.weight.original"),
+                      (r"\.weight_u$", ".parametrizations.weight.0._u"),
+                      (r"\.weight_v$", ".parametrizations.weight.0._v"))
+
+
+def official_hint(params, args):
+    """Which flags would build the networks of an official checkpoint, read from the shapes in it."""
+    gen, disc = params["genA2B"], params["disGA"]
+    ch, fc_in = gen["DownBlock.1.weight"].shape[0], gen["FC.0.weight"].shape[1]
+    n_res = len({k.split(".")[0] for k in gen if k.startswith("UpBlock1_")})
+    n_dis = sum(k.endswith(".weight_orig") for k in disc if k.startswith("model."))
+    light, side = fc_in == 4 * ch, 4 * round((fc_in / (4 * ch)) ** 0.5)  # the full MLP reads (img/4)^2 x 4ch
+    hints = [(args.ch != ch, f"the file's networks have {ch} base channels: add --ch {ch}"),
+             (args.n_res != n_res, f"the file has {n_res} residual blocks: add --n_res {n_res}"),
+             (args.light != light, "the file's generator is the " + ("light variant: add --light" if light else
+                                                                      "full variant: add --no-light")),
+             (not light and args.img_size != side, f"the file's full generator takes {side} px: add --img_size {side}"),
+             (args.n_dis != n_dis, f"the file's global discriminator has {n_dis + 1} layers: add --n_dis {n_dis}"),
+             (args.no_cam or args.no_gcam or args.no_dcam, "the official networks have their CAM: drop --no_*cam"),
+             (args.norm != "adalin", "the official decoder uses AdaLIN: drop --norm")]
+    hint = "; ".join(text for wrong, text in hints if wrong)
+    return hint[:1].upper() + hint[1:] + "." if hint else "Its layout is not that of the official networks."
+
+
+def read_state_dicts(path):
+    """torch.load(path, weights_only=True) -> dict, or UserError when it is not a file of tensors."""
+    if not os.path.isfile(path):
+        raise common.UserError(f"--from_official {path}: there is no such file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
+        raise common.UserError(f"--from_official {path} is not a PyTorch weights file (torch.load: "
+                               f"{type(e).__name__}).") from None
+    if not isinstance(state, dict):
+        raise common.UserError(f"--from_official {path} holds a {type(state).__name__}, not a dict of state dicts.")
+    return state
+
+
+def rename(state, rules):
+    """Each key of a state dict through the (pattern, replacement) rules, in order."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
+def mismatch(nets, states):
+    """'' when every state dict has the keys and shapes of its network, else what differs (a few, then a count)."""
+    missing, extra, shapes = [], [], []
+    for name, state in states.items():
+        ours = nets[name].state_dict()
+        missing += [f"{name}.{k}" for k in ours if k not in state]
+        extra += [f"{name}.{k}" for k in state if k not in ours]
+        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
+                   for k in ours if k in state and state[k].shape != ours[k].shape]
+
+    def listed(keys):
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    parts = [f"it lacks {listed(missing)}" if missing else "", f"it has extra {listed(extra)}" if extra else "",
+             f"{len(shapes)} tensors have other shapes ({shapes[0]})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_official(path, nets, args):
+    """Load a checkpoint of the official PyTorch code (znxlwm/UGATIT-pytorch) into `nets` -> its step.
+
+    Layout: UGATIT.save writes <result_dir>/<dataset>/model/<dataset>_params_<step:07d>.pt, a dict with the
+    state dicts genA2B, genB2A (ResnetGenerator), disGA, disGB (Discriminator, n_layers 7: our global Ds),
+    disLA, disLB (n_layers 5: local), no optimizer state. Keys are renamed by name: DownBlock -> encoder,
+    FC -> mlp, UpBlock1_<i> -> res_blocks.<i-1>, UpBlock2 -> upsample; in the Ds model -> trunk, conv ->
+    classifier, and the legacy spectral norm's weight_orig/weight_u/weight_v -> the parametrization's
+    original/_u/_v (the same power-iteration vectors, so eval outputs equal the official ones). The step
+    comes from the file name (0 when it has none, e.g. <dataset>_params_latest.pt)."""
+    params = read_state_dicts(path)
+    if "script" in params:
+        raise common.UserError(f"--from_official {path} is a checkpoint of this project, not of the official code: "
+                               f"use --ckpt {path} (with --resume to continue training).")
+    if absent := [k for k in OFFICIAL_NETS if not isinstance(params.get(k), dict)]:
+        raise common.UserError(f"--from_official {path} is not a checkpoint of the official U-GAT-IT PyTorch code: "
+                               f"it lacks the state dicts {', '.join(absent)} (UGATIT.save writes genA2B, genB2A, "
+                               f"disGA, disGB, disLA, disLB into <dataset>_params_<step>.pt).")
+    states = {ours: rename(params[theirs], OFFICIAL_GEN_KEYS if ours.startswith("gen") else OFFICIAL_DISC_KEYS)
+              for theirs, ours in OFFICIAL_NETS.items()}
+    if problem := mismatch(nets, states):
+        try:
+            hint = official_hint(params, args)
+        except (KeyError, IndexError, AttributeError):  # not even the layers the shapes are read from
+            hint = "Its layout is not that of the official networks."
+        raise common.UserError(f"--from_official {path} does not fit the networks these flags build: {problem}. "
+                               f"{hint}")
+    for name, state in states.items():
+        nets[name].load_state_dict(state)
+    found = re.search(r"_params_(\d+)\.pt$", os.path.basename(path))
+    return int(found[1]) if found else 0
+
+
 def clip_rho(gen):
     """rho <- clip_[0,1](rho) after every update (paper Sec. 2.1.1)."""
     for m in gen.modules():
@@ -370,15 +479,15 @@ def train_step(args, nets, opt_g, opt_d, real_a, real_b, dist_):
 # =============================================================================================
 
 
-def train(args, dist_, device, nets):
-    """--phase train (and bench): optimizers, data, resume, then the loop."""
+def train(args, dist_, device, nets, start_step=0):
+    """--phase train (and bench): optimizers, data, resume, then the loop (from `start_step`: --from_official)."""
     gens = [nets["gen_a2b"], nets["gen_b2a"]]
     discs = [nets[k] for k in nets if k.startswith("disc")]
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
     train_a, train_b = common.two_domain_train_sets(args)
-    start_step, extra = 0, {}
+    extra = {}
     if args.phase == "train":
         common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
     if args.resume:
@@ -515,25 +624,40 @@ def main(argv=None):
     add("--init", default="normal", choices=["normal", "default"],
         help="N(0, 0.02) init (paper) or PyTorch's default (official PyTorch code)")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    add("--from_official", default=None, metavar="PATH",
+        help="test, evaluate or continue training a checkpoint of the official PyTorch code, "
+             "<dataset>_params_<step>.pt (training continues at its step with fresh Adam moments)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("ch",))
     check_img_size(args)
+    if args.from_official and args.resume:
+        raise common.UserError("--from_official starts a new run and --resume continues one: give one of them.")
 
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
     device = common.pick_device(args, dist_.local_rank)
     common.seed_everything(args.seed)
     nets = build_networks(args)
+    start_step = load_official(args.from_official, nets, args) if args.from_official else 0
     for net in nets.values():
         common.to_device(net, device)
         if args.compile:
             net.compile()
     if args.phase in ("test", "eval"):
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        if args.from_official:
+            args.ckpt = args.from_official  # the weights metrics.json names
+        else:
+            common.load_checkpoint(args.ckpt, SCRIPT, nets)
         for net in nets.values():
             net.eval()
         (test if args.phase == "test" else evaluate)(args, nets, device)
     else:
-        train(args, dist_, device, nets)
+        if args.from_official and args.phase == "train":
+            if start_step >= args.iters:
+                raise common.UserError(f"--from_official {args.from_official} is at step {start_step} and --iters is "
+                                       f"{args.iters}: nothing is left to train. Raise --iters.")
+            print(f"starting at step {start_step} of {args.from_official} with fresh Adam moments (the official "
+                  f"checkpoint holds no optimizer state)")
+        train(args, dist_, device, nets, start_step)
     dist_.close()
 
 
