@@ -42,6 +42,7 @@ import argparse
 import math
 import os
 import random
+import re
 
 import torch
 import torch.nn as nn
@@ -189,6 +190,122 @@ def start_with_background(gen, p):
         else:
             last.bias[3] = math.log((1 - p) / p)  # sigmoid foreground 1 - p
 
+
+# ---------------- The released models (--from_official) ----------------
+
+# official file name (<epoch>_net_<X>.pth) -> our network; D_A judges domain B (real_B and G_A's fakes)
+OFFICIAL_NETS = {"G_A": "gen_a2b", "G_B": "gen_b2a", "D_A": "disc_b", "D_B": "disc_a"}
+# ResnetGenerator_our key -> ours: (pattern, replacement) applied in order to every key; the PatchGAN's keys
+# (model.<i>.weight/bias) are ours already
+OFFICIAL_GEN_KEYS = ((r"^conv1\.", "encoder.1."), (r"^conv2\.", "encoder.4."), (r"^conv3\.", "encoder.7."),
+                     (r"^resnet_blocks\.(\d+)\.conv1\.", lambda m: f"encoder.{10 + int(m[1])}.block.1."),
+                     (r"^resnet_blocks\.(\d+)\.conv2\.", lambda m: f"encoder.{10 + int(m[1])}.block.5."),
+                     (r"^deconv1_content\.", "content_decoder.0."), (r"^deconv2_content\.", "content_decoder.3."),
+                     (r"^deconv3_content\.", "content_decoder.7."),
+                     (r"^deconv1_attention\.", "attention_decoder.0."),
+                     (r"^deconv2_attention\.", "attention_decoder.3."),
+                     (r"^deconv3_attention\.", "attention_decoder.6."))
+
+
+def official_hint(files, args):
+    """Which flags would build the networks of the released files, read from the shapes in them."""
+    gen, disc = files["G_A"], files.get("D_A", {})
+    ngf, n_masks = gen["conv1.weight"].shape[0], gen["deconv3_attention.weight"].shape[0]
+    n_res = len({k.split(".")[1] for k in gen if k.startswith("resnet_blocks.")})
+    hints = [(args.scheme != "II", "the released generators are Scheme II: add --scheme II"),
+             (args.ngf != ngf, f"the file's generators have {ngf} base channels: add --ngf {ngf}"),
+             (args.n_res != n_res, f"the file has {n_res} residual blocks: add --n_res {n_res}"),
+             (args.n_masks != n_masks, f"the file's generators make {n_masks} attention masks: "
+                                       f"add --n_masks {n_masks}")]
+    if "model.0.weight" in disc:
+        ndf = disc["model.0.weight"].shape[0]
+        hints.append((args.ndf != ndf, f"the file's discriminators have {ndf} base channels: add --ndf {ndf}"))
+    hint = "; ".join(text for wrong, text in hints if wrong)
+    return hint[:1].upper() + hint[1:] + "." if hint else "Its layout is not that of the official networks."
+
+
+def read_state_dict(path):
+    """torch.load(path, weights_only=True) -> a dict of tensors ('module.' prefixes stripped), or UserError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
+        raise common.UserError(f"--from_official: {path} is not a PyTorch weights file (torch.load: "
+                               f"{type(e).__name__}).") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise common.UserError(f"--from_official: {path} is not a state dict (a dict of tensors), the format the "
+                               f"official code saves its networks in.")
+    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+
+
+def rename(state, rules):
+    """Each key of a state dict through the (pattern, replacement) rules, in order."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
+def mismatch(nets, states):
+    """'' when every state dict has the keys and shapes of its network, else what differs (a few, then a count)."""
+    missing, extra, shapes = [], [], []
+    for name, state in states.items():
+        ours = nets[name].state_dict()
+        missing += [f"{name}.{k}" for k in ours if k not in state]
+        extra += [f"{name}.{k}" for k in state if k not in ours]
+        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
+                   for k in ours if k in state and state[k].shape != ours[k].shape]
+
+    def listed(keys):
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    parts = [f"it lacks {listed(missing)}" if missing else "", f"it has extra {listed(extra)}" if extra else "",
+             f"{len(shapes)} tensors have other shapes ({shapes[0]})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_official(path, nets, args):
+    """Load AttentionGAN's released networks (Ha0Tang/AttentionGAN) into `nets`.
+
+    Layout: scripts/download_attentiongan_model.sh <name> unpacks checkpoints/<name>_pretrained/ with
+    latest_net_G_A.pth (A->B, our gen_a2b) and latest_net_G_B.pth (B->A), plain state dicts of
+    networks.ResnetGenerator_our (Scheme II); a training run of the official code also writes
+    <epoch>_net_D_A.pth (the PatchGAN that judges domain B: our disc_b) and <epoch>_net_D_B.pth (disc_a),
+    loaded when present. `path` is that folder (latest_net_*) or one of the G files in it. Keys are renamed
+    by name: conv1/2/3 -> the encoder's convs, resnet_blocks.<i>.conv1/2 -> its residual blocks,
+    deconv1/2/3_content and _attention -> the two decoders; a 'module.' prefix is dropped; InstanceNorm
+    keeps no statistics there or here (running_* keys of older files are dropped, as the official loader
+    does). Returns the names of the networks loaded."""
+    if os.path.isdir(path):
+        prefix = os.path.join(path, "latest_net_")
+    elif found := re.match(r"(.*net_)G_[AB]\.pth$", path):
+        prefix = found[1]
+    else:
+        raise common.UserError(f"--from_official {path}: expected the folder of a released model "
+                               f"(checkpoints/<name>_pretrained, holding latest_net_G_A.pth and latest_net_G_B.pth) "
+                               f"or one of those G files.")
+    files = {}
+    for name in OFFICIAL_NETS:
+        file = f"{prefix}{name}.pth"
+        if os.path.isfile(file):
+            files[name] = {k: v for k, v in read_state_dict(file).items()
+                           if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        elif name.startswith("G"):
+            raise common.UserError(f"--from_official {path}: {file} does not exist; a released model has "
+                                   f"latest_net_G_A.pth and latest_net_G_B.pth "
+                                   f"(scripts/download_attentiongan_model.sh).")
+    states = {OFFICIAL_NETS[name]: rename(state, OFFICIAL_GEN_KEYS if name.startswith("G") else ())
+              for name, state in files.items()}
+    if problem := mismatch(nets, states):
+        try:
+            hint = official_hint(files, args)
+        except (KeyError, IndexError):  # not even the layers the shapes are read from
+            hint = "Its layout is not that of the official networks."
+        raise common.UserError(f"--from_official {path} does not fit the networks these flags build: {problem}. "
+                               f"{hint}")
+    for name, state in states.items():
+        nets[name].load_state_dict(state)
+    return list(states)
 
 # =============================================================================================
 # Losses (LSGAN is common.lsgan: mean (x - target)^2, the official gan_mode lsgan)
@@ -460,22 +577,35 @@ def main(argv=None):
     add("--preset", default="paper", choices=["paper", "released"],
         help="real data: 'released' trains like the released models (60 epochs, batch 4, constant lr)")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    add("--from_official", default=None, metavar="PATH",
+        help="test, evaluate or start training from a released model: its folder checkpoints/<name>_pretrained "
+             "(latest_net_G_A.pth, latest_net_G_B.pth; D_A, D_B when present) or one of its G files")
     known, _ = parser.parse_known_args(argv)
     real_preset = {"iters": None, **(RELEASED_PRESET if known.preset == "released" else {})}
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS,
                              positive=("ngf", "ndf"))
     check_img_size(args)
+    if args.from_official and args.resume:
+        raise common.UserError("--from_official starts a new run and --resume continues one: give one of them.")
 
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
     device = common.pick_device(args, dist_.local_rank)
     common.seed_everything(args.seed)
     nets = build_networks(args)
+    if args.from_official:
+        loaded = load_official(args.from_official, nets, args)
+        fresh = [name for name in nets if name not in loaded and args.phase == "train"]
+        print(f"loaded {', '.join(loaded)} from {args.from_official}"
+              + (f"; {', '.join(fresh)} start from random weights (no file for them)" if fresh else ""))
     for net in nets.values():
         common.to_device(net, device)
         if args.compile:
             net.compile()
     if args.phase in ("test", "eval"):
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        if args.from_official:
+            args.ckpt = args.from_official  # the weights metrics.json names
+        else:
+            common.load_checkpoint(args.ckpt, SCRIPT, nets)
         for net in nets.values():
             net.eval()
         (test if args.phase == "test" else evaluate)(args, nets, device)
