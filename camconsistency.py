@@ -47,6 +47,7 @@ Deviations from the paper / official StarGAN code:
 """
 import argparse
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -146,6 +147,125 @@ def build_networks(args, attrs):
     return {"gen": Generator(attrs.c_dim, args.conv_dim, args.n_res),
             "disc": Discriminator(args.img_size, args.d_conv_dim, attrs.c_dim, args.d_layers)}
 
+
+
+# ---------------- StarGAN's released networks (--from_official) ----------------
+
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # StarGAN's unused InstanceNorm buffers
+# StarGAN D key -> ours: (pattern, replacement) applied in order to every key
+OFFICIAL_DISC_KEYS = ((r"^main\.(\d+)\.", lambda m: f"blocks.{int(m[1]) // 2}.0."), (r"^conv1\.", "out_src."),
+                      (r"^conv2\.", "out_cls."))
+
+
+def official_gen_keys(state):
+    """StarGAN G key -> ours. G is one Sequential `main`; its last conv (the highest main.<i>.weight)
+    is our to_image, the residual blocks' inner `main` our `block`, everything else `body`."""
+    last = max(int(k.split(".")[1]) for k in state if re.fullmatch(r"main\.\d+\.weight", k))
+    return ((rf"^main\.{last}\.", "to_image.0."), (r"^main\.(\d+)\.main\.", r"body.\1.block."),
+            (r"^main\.", "body."))
+
+
+def official_hint(files, args, c_dim):
+    """Which flags would build the networks of the released files, read from the shapes in them."""
+    gen, disc = files["gen"], files.get("disc")
+    file_c_dim, conv_dim = gen["main.0.weight"].shape[1] - 3, gen["main.0.weight"].shape[0]
+    n_res = len({k.split(".")[1] for k in gen if re.match(r"main\.\d+\.main\.", k)})
+    hints = [(file_c_dim != c_dim, f"the file's G takes {file_c_dim} attribute labels and these flags give {c_dim}: "
+              f"choose {file_c_dim} with --attrs (the CelebA release: --attrs Black_Hair,Blond_Hair,Brown_Hair,Male,"
+              f"Young)"),
+             (args.conv_dim != conv_dim, f"the file's G has {conv_dim} base channels: add --conv_dim {conv_dim}"),
+             (args.n_res != n_res, f"the file's G has {n_res} residual blocks: add --n_res {n_res}")]
+    if disc:
+        d_conv_dim = disc["main.0.weight"].shape[0]
+        d_layers = sum(1 for k in disc if re.fullmatch(r"main\.\d+\.weight", k))
+        img_size = disc["conv2.weight"].shape[-1] * 2 ** d_layers  # out_cls covers the whole last map
+        hints += [(args.d_conv_dim != d_conv_dim, f"the file's D has {d_conv_dim} base channels: "
+                   f"add --d_conv_dim {d_conv_dim}"),
+                  (args.d_layers != d_layers, f"the file's D has {d_layers} blocks: add --d_layers {d_layers}"),
+                  (args.img_size != img_size, f"the file's D takes {img_size} px images: add --img_size {img_size}")]
+    hint = "; ".join(text for wrong, text in hints if wrong)
+    return hint[:1].upper() + hint[1:] + "." if hint else "Its layout is not that of StarGAN's networks."
+
+
+def read_state_dict(path):
+    """torch.load(path, weights_only=True) -> a dict of tensors ('module.' prefixes stripped), or UserError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
+        raise common.UserError(f"--from_official: {path} is not a PyTorch weights file (torch.load: "
+                               f"{type(e).__name__}).") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise common.UserError(f"--from_official: {path} is not a state dict (a dict of tensors), the format "
+                               f"StarGAN saves its networks in.")
+    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+
+
+def rename(state, rules):
+    """Each key of a state dict through the (pattern, replacement) rules, in order."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
+def mismatch(nets, states):
+    """'' when every state dict has the keys and shapes of its network, else what differs (a few, then a count)."""
+    missing, extra, shapes = [], [], []
+    for name, state in states.items():
+        ours = nets[name].state_dict()
+        missing += [f"{name}.{k}" for k in ours if k not in state]
+        extra += [f"{name}.{k}" for k in state if k not in ours]
+        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
+                   for k in ours if k in state and state[k].shape != ours[k].shape]
+
+    def listed(keys):
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    parts = [f"it lacks {listed(missing)}" if missing else "", f"it has extra {listed(extra)}" if extra else "",
+             f"{len(shapes)} tensors have other shapes ({shapes[0]})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_official(path, nets, args):
+    """Load StarGAN's released networks (yunjey/stargan) into `nets` -> the names loaded.
+
+    Layout: solver.py saves <model_save_dir>/<iter>-G.ckpt and <iter>-D.ckpt, plain state dicts of
+    model.py's Generator and Discriminator; the CelebA releases (download.sh pretrained-celeba-128x128 /
+    -256x256) are 200000-G.ckpt and 200000-D.ckpt in stargan_celeba_<size>/models/, c_dim 5
+    (Black_Hair, Blond_Hair, Brown_Hair, Male, Young). `path` is the -G.ckpt file; the -D.ckpt beside it
+    is loaded when present (training needs it). Keys are renamed by name (official_gen_keys,
+    OFFICIAL_DISC_KEYS). StarGAN's InstanceNorm has track_running_stats=True, so G's file also holds
+    running_mean, running_var and num_batches_tracked; they are dropped: StarGAN's test never calls
+    .eval(), so it normalises with each image's own statistics, as our InstanceNorm always does
+    (deviation 4), and the outputs are the same."""
+    if not re.search(r"-G\.ckpt$", path) or not os.path.isfile(path):
+        raise common.UserError(f"--from_official {path}: expected StarGAN's generator file <iter>-G.ckpt (e.g. "
+                               f"stargan_celeba_128/models/200000-G.ckpt, from download.sh pretrained-celeba-128x128)"
+                               f"{'' if os.path.isfile(path) else ', and there is no such file'}.")
+    files = {"gen": {k: v for k, v in read_state_dict(path).items() if not k.endswith(STATISTICS)}}
+    disc_path = re.sub(r"-G\.ckpt$", "-D.ckpt", path)
+    if os.path.isfile(disc_path):
+        files["disc"] = read_state_dict(disc_path)
+    elif args.phase == "train":
+        raise common.UserError(f"--from_official {path}: training starts from G and D, and there is no {disc_path} "
+                               f"beside it. Put StarGAN's D file there, or use the G file for --phase test/eval.")
+    try:
+        states = {"gen": rename(files["gen"], official_gen_keys(files["gen"]))}
+    except ValueError:  # no main.<i>.weight at all
+        states = {"gen": files["gen"]}
+    if "disc" in files:
+        states["disc"] = rename(files["disc"], OFFICIAL_DISC_KEYS)
+    if problem := mismatch(nets, states):
+        try:
+            hint = official_hint(files, args, nets["gen"].body[0].in_channels - 3)
+        except (KeyError, IndexError):  # not even the layers the shapes are read from
+            hint = "Its layout is not that of StarGAN's networks."
+        raise common.UserError(f"--from_official {path} does not fit the networks these flags build: {problem}. "
+                               f"{hint}")
+    for name, state in states.items():
+        nets[name].load_state_dict(state)
+    return list(states)
 
 # =============================================================================================
 # Grad-CAM and the losses: CAM-consistency, StarGAN's gradient penalty and classification
@@ -449,21 +569,33 @@ def main(argv=None):
     add("--lambda_cam_d", type=float, default=1.0, help="CAM-consistency weight of the D term")
     add("--cam_layer", type=int, default=None,
         help="D block whose feature map Grad-CAM uses (default: the deepest with >= 8x8 cells)")
+    add("--from_official", default=None, metavar="PATH",
+        help="test, evaluate or start training from StarGAN's <iter>-G.ckpt (e.g. stargan_celeba_128/models/"
+             "200000-G.ckpt); the <iter>-D.ckpt beside it is loaded too (needed to train)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic"))
     check_args(args)
+    if args.from_official and args.resume:
+        raise common.UserError("--from_official starts a new run and --resume continues one: give one of them.")
     attrs, train_set = common.attribute_data(args, "train")
 
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
     device = common.pick_device(args, dist_.local_rank)
     common.seed_everything(args.seed)
     nets = build_networks(args, attrs)
+    if args.from_official:
+        loaded = load_official(args.from_official, nets, args)
+        print(f"loaded {', '.join(loaded)} from {args.from_official}" + ("" if "disc" in loaded else
+              "; D is untrained (no -D.ckpt beside it), so the Grad-CAM maps written here mean nothing"))
     for net in nets.values():
         common.to_device(net, device)
     if args.compile:  # G only: WGAN-GP and the D term differentiate through D twice (deviation 7)
         nets["gen"].compile()
     if args.phase in ("test", "eval"):
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
+        if args.from_official:
+            args.ckpt = args.from_official  # the weights metrics.json names
+        else:
+            common.load_checkpoint(args.ckpt, SCRIPT, nets)
         for net in nets.values():
             net.eval()
         (test if args.phase == "test" else evaluate)(args, attrs, nets, device)
