@@ -35,7 +35,8 @@ Deviations from the paper / official StarGAN code:
     translates twice with the same weights); real and fake images go through D in one call.
  4. InstanceNorm keeps no running statistics (StarGAN's track_running_stats=True makes eval-mode
     outputs depend on averaged statistics; parameters are unchanged: 8,430,528 / 44,762,048 for
-    5 CelebA attributes at 128 px, as the official code).
+    5 CelebA attributes at 128 px, as the official code). --from_official drops them from StarGAN's
+    files: its test never calls .eval(), so it too normalises each image by its own statistics.
  5. Categorical attribute groups (toy-attr, labels.csv) are one-hot blocks with a cross-entropy
     each, as StarGAN does for RaFD; CelebA's attributes are binary with BCE. The CelebA test split
     is 2,000 images (StarGAN's code keeps 1,999 through an off-by-one).

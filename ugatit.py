@@ -638,6 +638,8 @@ def main(argv=None):
     common.seed_everything(args.seed)
     nets = build_networks(args)
     start_step = load_official(args.from_official, nets, args) if args.from_official else 0
+    if args.from_official:
+        print(f"loaded {', '.join(nets)} from {args.from_official} (step {start_step})")
     for net in nets.values():
         common.to_device(net, device)
         if args.compile:
