@@ -645,7 +645,7 @@ def attribute_data(args, split):
         return attrs, ToyDataset("toy-attr", split, args.img_size)
     layout = lambda root: (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in "  # noqa: E731
                            f"{root}/img_align_celeba/) or a labels table ({root}/labels.csv with the header "
-                           f"'filename,<attribute>,...' and the images in {root}/images/; the README says how to "
+                           f"'filename,<attribute>,...' and the images in {root}/images/; docs/data.md says how to "
                            f"convert DeepFashion and Shopping100k). Or run on the embedded toy dataset: "
                            f"--data toy-attr.")
     root = dataset_dir(args, layout)
