@@ -207,8 +207,8 @@ OFFICIAL_GEN_KEYS = ((r"^conv1\.", "encoder.1."), (r"^conv2\.", "encoder.4."), (
                      (r"^deconv3_attention\.", "attention_decoder.6."))
 
 
-def official_hint(files, args):
-    """Which flags would build the networks of the released files, read from the shapes in them."""
+def official_hints(files, args):
+    """[(applies, the flag that would fit)]: the networks of the released files, read from their shapes."""
     gen, disc = files["G_A"], files.get("D_A", {})
     ngf, n_masks = gen["conv1.weight"].shape[0], gen["deconv3_attention.weight"].shape[0]
     n_res = len({k.split(".")[1] for k in gen if k.startswith("resnet_blocks.")})
@@ -220,48 +220,7 @@ def official_hint(files, args):
     if "model.0.weight" in disc:
         ndf = disc["model.0.weight"].shape[0]
         hints.append((args.ndf != ndf, f"the file's discriminators have {ndf} base channels: add --ndf {ndf}"))
-    hint = "; ".join(text for wrong, text in hints if wrong)
-    return hint[:1].upper() + hint[1:] + "." if hint else "Its layout is not that of the official networks."
-
-
-def read_state_dict(path):
-    """torch.load(path, weights_only=True) -> a dict of tensors ('module.' prefixes stripped), or UserError."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
-        raise common.UserError(f"--from_official: {path} is not a PyTorch weights file (torch.load: "
-                               f"{type(e).__name__}).") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise common.UserError(f"--from_official: {path} is not a state dict (a dict of tensors), the format the "
-                               f"official code saves its networks in.")
-    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
-
-
-def rename(state, rules):
-    """Each key of a state dict through the (pattern, replacement) rules, in order."""
-    out = {}
-    for key, value in state.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
-
-
-def mismatch(nets, states):
-    """'' when every state dict has the keys and shapes of its network, else what differs (a few, then a count)."""
-    missing, extra, shapes = [], [], []
-    for name, state in states.items():
-        ours = nets[name].state_dict()
-        missing += [f"{name}.{k}" for k in ours if k not in state]
-        extra += [f"{name}.{k}" for k in state if k not in ours]
-        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
-                   for k in ours if k in state and state[k].shape != ours[k].shape]
-
-    def listed(keys):
-        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-    parts = [f"it lacks {listed(missing)}" if missing else "", f"it has extra {listed(extra)}" if extra else "",
-             f"{len(shapes)} tensors have other shapes ({shapes[0]})" if shapes else ""]
-    return "; ".join(p for p in parts if p)
+    return hints
 
 
 def load_official(path, nets, args):
@@ -288,23 +247,15 @@ def load_official(path, nets, args):
     for name in OFFICIAL_NETS:
         file = f"{prefix}{name}.pth"
         if os.path.isfile(file):
-            files[name] = {k: v for k, v in read_state_dict(file).items()
+            files[name] = {k: v for k, v in common.read_weights(file).items()
                            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
         elif name.startswith("G"):
             raise common.UserError(f"--from_official {path}: {file} does not exist; a released model has "
                                    f"latest_net_G_A.pth and latest_net_G_B.pth "
                                    f"(scripts/download_attentiongan_model.sh).")
-    states = {OFFICIAL_NETS[name]: rename(state, OFFICIAL_GEN_KEYS if name.startswith("G") else ())
+    states = {OFFICIAL_NETS[name]: common.rename_keys(state, OFFICIAL_GEN_KEYS if name.startswith("G") else ())
               for name, state in files.items()}
-    if problem := mismatch(nets, states):
-        try:
-            hint = official_hint(files, args)
-        except (KeyError, IndexError):  # not even the layers the shapes are read from
-            hint = "Its layout is not that of the official networks."
-        raise common.UserError(f"--from_official {path} does not fit the networks these flags build: {problem}. "
-                               f"{hint}")
-    for name, state in states.items():
-        nets[name].load_state_dict(state)
+    common.load_renamed(path, nets, states, lambda: official_hints(files, args))
     return list(states)
 
 # =============================================================================================

@@ -166,8 +166,8 @@ def official_gen_keys(state):
             (r"^main\.", "body."))
 
 
-def official_hint(files, args, c_dim):
-    """Which flags would build the networks of the released files, read from the shapes in them."""
+def official_hints(files, args, c_dim):
+    """[(applies, the flag that would fit)]: the networks of the released files, read from their shapes."""
     gen, disc = files["gen"], files.get("disc")
     file_c_dim, conv_dim = gen["main.0.weight"].shape[1] - 3, gen["main.0.weight"].shape[0]
     n_res = len({k.split(".")[1] for k in gen if re.match(r"main\.\d+\.main\.", k)})
@@ -184,48 +184,7 @@ def official_hint(files, args, c_dim):
                    f"add --d_conv_dim {d_conv_dim}"),
                   (args.d_layers != d_layers, f"the file's D has {d_layers} blocks: add --d_layers {d_layers}"),
                   (args.img_size != img_size, f"the file's D takes {img_size} px images: add --img_size {img_size}")]
-    hint = "; ".join(text for wrong, text in hints if wrong)
-    return hint[:1].upper() + hint[1:] + "." if hint else "Its layout is not that of StarGAN's networks."
-
-
-def read_state_dict(path):
-    """torch.load(path, weights_only=True) -> a dict of tensors ('module.' prefixes stripped), or UserError."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
-        raise common.UserError(f"--from_official: {path} is not a PyTorch weights file (torch.load: "
-                               f"{type(e).__name__}).") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise common.UserError(f"--from_official: {path} is not a state dict (a dict of tensors), the format "
-                               f"StarGAN saves its networks in.")
-    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
-
-
-def rename(state, rules):
-    """Each key of a state dict through the (pattern, replacement) rules, in order."""
-    out = {}
-    for key, value in state.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
-
-
-def mismatch(nets, states):
-    """'' when every state dict has the keys and shapes of its network, else what differs (a few, then a count)."""
-    missing, extra, shapes = [], [], []
-    for name, state in states.items():
-        ours = nets[name].state_dict()
-        missing += [f"{name}.{k}" for k in ours if k not in state]
-        extra += [f"{name}.{k}" for k in state if k not in ours]
-        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
-                   for k in ours if k in state and state[k].shape != ours[k].shape]
-
-    def listed(keys):
-        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-    parts = [f"it lacks {listed(missing)}" if missing else "", f"it has extra {listed(extra)}" if extra else "",
-             f"{len(shapes)} tensors have other shapes ({shapes[0]})" if shapes else ""]
-    return "; ".join(p for p in parts if p)
+    return hints
 
 
 def load_official(path, nets, args):
@@ -244,28 +203,21 @@ def load_official(path, nets, args):
         raise common.UserError(f"--from_official {path}: expected StarGAN's generator file <iter>-G.ckpt (e.g. "
                                f"stargan_celeba_128/models/200000-G.ckpt, from download.sh pretrained-celeba-128x128)"
                                f"{'' if os.path.isfile(path) else ', and there is no such file'}.")
-    files = {"gen": {k: v for k, v in read_state_dict(path).items() if not k.endswith(STATISTICS)}}
+    files = {"gen": {k: v for k, v in common.read_weights(path).items() if not k.endswith(STATISTICS)}}
     disc_path = re.sub(r"-G\.ckpt$", "-D.ckpt", path)
     if os.path.isfile(disc_path):
-        files["disc"] = read_state_dict(disc_path)
+        files["disc"] = common.read_weights(disc_path)
     elif args.phase == "train":
         raise common.UserError(f"--from_official {path}: training starts from G and D, and there is no {disc_path} "
                                f"beside it. Put StarGAN's D file there, or use the G file for --phase test/eval.")
     try:
-        states = {"gen": rename(files["gen"], official_gen_keys(files["gen"]))}
+        states = {"gen": common.rename_keys(files["gen"], official_gen_keys(files["gen"]))}
     except ValueError:  # no main.<i>.weight at all
         states = {"gen": files["gen"]}
     if "disc" in files:
-        states["disc"] = rename(files["disc"], OFFICIAL_DISC_KEYS)
-    if problem := mismatch(nets, states):
-        try:
-            hint = official_hint(files, args, nets["gen"].body[0].in_channels - 3)
-        except (KeyError, IndexError):  # not even the layers the shapes are read from
-            hint = "Its layout is not that of StarGAN's networks."
-        raise common.UserError(f"--from_official {path} does not fit the networks these flags build: {problem}. "
-                               f"{hint}")
-    for name, state in states.items():
-        nets[name].load_state_dict(state)
+        states["disc"] = common.rename_keys(files["disc"], OFFICIAL_DISC_KEYS)
+    c_dim = nets["gen"].body[0].in_channels - 3
+    common.load_renamed(path, nets, states, lambda: official_hints(files, args, c_dim))
     return list(states)
 
 # =============================================================================================

@@ -7,7 +7,8 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
  4. Shared blocks .... lsgan, init_normal, count_params
- 5. Checkpoint, log .. save_checkpoint, load_checkpoint, prepare_out, RunLog (with Ctrl-C), Bench
+ 5. Checkpoint, log .. save_checkpoint, load_checkpoint, the official code's weights (read_weights,
+                       rename_keys, load_renamed), prepare_out, RunLog (with Ctrl-C), Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
  7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
                        TranslationMetrics, AttributeMetrics, write_metrics
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -938,6 +940,60 @@ def load_checkpoint(path, script, models, optimizers=None):
         raise UserError(f"{path} does not match this architecture ({str(e).splitlines()[0]}); it was written "
                         f"with other network flags. Use its own flags or another --out.") from None
     return state
+
+
+# Weights written by other code (--from_official): each script maps the official key names onto its own.
+
+
+def read_weights(path):
+    """A file of tensors (a state dict, or a dict of them) read with weights_only=True, 'module.' prefixes dropped."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
+        raise UserError(f"--from_official: {path} is not a PyTorch weights file (torch.load: "
+                        f"{type(e).__name__}).") from None
+    if isinstance(state, dict) and "script" in state:
+        raise UserError(f"--from_official {path} is a checkpoint of this project ({state['script']}.py), not of the "
+                        f"official code: use --ckpt {path} (with --resume to continue training).")
+    if not isinstance(state, dict) or not all(isinstance(v, (dict, torch.Tensor)) for v in state.values()):
+        raise UserError(f"--from_official: {path} is not a state dict (a dict of tensors), the format the "
+                        f"official code saves its networks in.")
+    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+
+
+def rename_keys(state, rules):
+    """Each key of a state dict through the (pattern, replacement) rules of re.sub, in order."""
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+def load_renamed(path, nets, states, hints):
+    """Load renamed state dicts into `nets`. Keys or shapes that differ: UserError naming a few, and the hints
+    [(applies, text), ...] that `hints()` reads off the file's shapes (the flags that would make it fit)."""
+    missing, extra, shapes = [], [], []
+    for name, state in states.items():
+        ours = nets[name].state_dict()
+        missing += [f"{name}.{k}" for k in ours if k not in state]
+        extra += [f"{name}.{k}" for k in state if k not in ours]
+        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
+                   for k in ours if k in state and getattr(state[k], "shape", None) != ours[k].shape]
+    listed = lambda keys: ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")  # noqa: E731
+    problems = [f"{what} {listed(keys)}" for what, keys in (("it lacks", missing), ("it has extra", extra)) if keys]
+    if shapes:
+        problems.append(f"{len(shapes)} tensors have other shapes ({shapes[0]})")
+    if problems:
+        try:
+            advice = "; ".join(text for applies, text in hints() if applies) or "its layout is not the official one"
+        except (KeyError, IndexError, AttributeError, ValueError):  # not even the layers the shapes are read from
+            advice = "its layout is not the official one"
+        raise UserError(f"--from_official {path} does not fit the networks these flags build: {'; '.join(problems)}"
+                        f". {advice[0].upper() + advice[1:]}.")
+    for name, state in states.items():
+        nets[name].load_state_dict(state)
 
 
 def make_folder(path):

@@ -288,64 +288,21 @@ OFFICIAL_DISC_KEYS = ((r"^model\.", "trunk."), (r"^conv\.", "classifier."),
                       (r"\.weight_v$", ".parametrizations.weight.0._v"))
 
 
-def official_hint(params, args):
-    """Which flags would build the networks of an official checkpoint, read from the shapes in it."""
+def official_hints(params, args):
+    """[(applies, the flag that would fit)]: the networks of an official checkpoint, read from its shapes."""
     gen, disc = params["genA2B"], params["disGA"]
     ch, fc_in = gen["DownBlock.1.weight"].shape[0], gen["FC.0.weight"].shape[1]
     n_res = len({k.split(".")[0] for k in gen if k.startswith("UpBlock1_")})
     n_dis = sum(k.endswith(".weight_orig") for k in disc if k.startswith("model."))
     light, side = fc_in == 4 * ch, 4 * round((fc_in / (4 * ch)) ** 0.5)  # the full MLP reads (img/4)^2 x 4ch
-    hints = [(args.ch != ch, f"the file's networks have {ch} base channels: add --ch {ch}"),
-             (args.n_res != n_res, f"the file has {n_res} residual blocks: add --n_res {n_res}"),
-             (args.light != light, "the file's generator is the " + ("light variant: add --light" if light else
-                                                                      "full variant: add --no-light")),
-             (not light and args.img_size != side, f"the file's full generator takes {side} px: add --img_size {side}"),
-             (args.n_dis != n_dis, f"the file's global discriminator has {n_dis + 1} layers: add --n_dis {n_dis}"),
-             (args.no_cam or args.no_gcam or args.no_dcam, "the official networks have their CAM: drop --no_*cam"),
-             (args.norm != "adalin", "the official decoder uses AdaLIN: drop --norm")]
-    hint = "; ".join(text for wrong, text in hints if wrong)
-    return hint[:1].upper() + hint[1:] + "." if hint else "Its layout is not that of the official networks."
-
-
-def read_state_dicts(path):
-    """torch.load(path, weights_only=True) -> dict, or UserError when it is not a file of tensors."""
-    if not os.path.isfile(path):
-        raise common.UserError(f"--from_official {path}: there is no such file.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
-        raise common.UserError(f"--from_official {path} is not a PyTorch weights file (torch.load: "
-                               f"{type(e).__name__}).") from None
-    if not isinstance(state, dict):
-        raise common.UserError(f"--from_official {path} holds a {type(state).__name__}, not a dict of state dicts.")
-    return state
-
-
-def rename(state, rules):
-    """Each key of a state dict through the (pattern, replacement) rules, in order."""
-    out = {}
-    for key, value in state.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
-
-
-def mismatch(nets, states):
-    """'' when every state dict has the keys and shapes of its network, else what differs (a few, then a count)."""
-    missing, extra, shapes = [], [], []
-    for name, state in states.items():
-        ours = nets[name].state_dict()
-        missing += [f"{name}.{k}" for k in ours if k not in state]
-        extra += [f"{name}.{k}" for k in state if k not in ours]
-        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
-                   for k in ours if k in state and state[k].shape != ours[k].shape]
-
-    def listed(keys):
-        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-    parts = [f"it lacks {listed(missing)}" if missing else "", f"it has extra {listed(extra)}" if extra else "",
-             f"{len(shapes)} tensors have other shapes ({shapes[0]})" if shapes else ""]
-    return "; ".join(p for p in parts if p)
+    return [(args.ch != ch, f"the file's networks have {ch} base channels: add --ch {ch}"),
+            (args.n_res != n_res, f"the file has {n_res} residual blocks: add --n_res {n_res}"),
+            (args.light != light, "the file's generator is the " + ("light variant: add --light" if light else
+                                                                     "full variant: add --no-light")),
+            (not light and args.img_size != side, f"the file's full generator takes {side} px: add --img_size {side}"),
+            (args.n_dis != n_dis, f"the file's global discriminator has {n_dis + 1} layers: add --n_dis {n_dis}"),
+            (args.no_cam or args.no_gcam or args.no_dcam, "the official networks have their CAM: drop --no_*cam"),
+            (args.norm != "adalin", "the official decoder uses AdaLIN: drop --norm")]
 
 
 def load_official(path, nets, args):
@@ -358,25 +315,16 @@ def load_official(path, nets, args):
     classifier, and the legacy spectral norm's weight_orig/weight_u/weight_v -> the parametrization's
     original/_u/_v (the same power-iteration vectors, so eval outputs equal the official ones). The step
     comes from the file name (0 when it has none, e.g. <dataset>_params_latest.pt)."""
-    params = read_state_dicts(path)
-    if "script" in params:
-        raise common.UserError(f"--from_official {path} is a checkpoint of this project, not of the official code: "
-                               f"use --ckpt {path} (with --resume to continue training).")
+    if not os.path.isfile(path):
+        raise common.UserError(f"--from_official {path}: there is no such file.")
+    params = common.read_weights(path)
     if absent := [k for k in OFFICIAL_NETS if not isinstance(params.get(k), dict)]:
         raise common.UserError(f"--from_official {path} is not a checkpoint of the official U-GAT-IT PyTorch code: "
                                f"it lacks the state dicts {', '.join(absent)} (UGATIT.save writes genA2B, genB2A, "
                                f"disGA, disGB, disLA, disLB into <dataset>_params_<step>.pt).")
-    states = {ours: rename(params[theirs], OFFICIAL_GEN_KEYS if ours.startswith("gen") else OFFICIAL_DISC_KEYS)
-              for theirs, ours in OFFICIAL_NETS.items()}
-    if problem := mismatch(nets, states):
-        try:
-            hint = official_hint(params, args)
-        except (KeyError, IndexError, AttributeError):  # not even the layers the shapes are read from
-            hint = "Its layout is not that of the official networks."
-        raise common.UserError(f"--from_official {path} does not fit the networks these flags build: {problem}. "
-                               f"{hint}")
-    for name, state in states.items():
-        nets[name].load_state_dict(state)
+    states = {ours: common.rename_keys(params[theirs], OFFICIAL_GEN_KEYS if ours.startswith("gen") else
+                                       OFFICIAL_DISC_KEYS) for theirs, ours in OFFICIAL_NETS.items()}
+    common.load_renamed(path, nets, states, lambda: official_hints(params, args))
     found = re.search(r"_params_(\d+)\.pt$", os.path.basename(path))
     return int(found[1]) if found else 0
 
