@@ -1275,16 +1275,16 @@ def mmd2_unbiased(x, y):
     x, y = _as_float64(x), _as_float64(y)
     m, n = len(x), len(y)
     if m < 2 or n < 2:
-        raise ValueError(f"the unbiased MMD needs at least 2 samples per set, got {m} and {n}")
+        raise UserError(f"KID's unbiased MMD needs at least 2 images on each side, got {m} and {n}.")
     k_xx, k_yy = polynomial_kernel(x, x), polynomial_kernel(y, y)
     term_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
     term_yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
     return float(term_xx + term_yy - 2.0 * polynomial_kernel(x, y).mean())
 
 
-def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=0):
-    """KID as torch-fidelity / clean-fid: mean and std of the unbiased MMD^2 over `n_subsets` subsets of
-    min(N_real, N_fake, subset_size) rows each, without replacement (fake first, RandomState(seed))."""
+def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=2020):
+    """KID as torch-fidelity: mean and std of the unbiased MMD^2 over 100 subsets of min(N_real, N_fake, 1000) rows
+    (clean-fid's rule), without replacement, fake then real, from RandomState(2020) (torch-fidelity's order, seed)."""
     real, fake = _as_float64(real), _as_float64(fake)
     m = min(len(real), len(fake), subset_size)
     rng = np.random.RandomState(seed)
@@ -1303,13 +1303,13 @@ def _block_sizes(n, n_blocks):
 
 def kid_blocks(real, fake, max_block_size=10):
     """KID as U-GAT-IT reports it (TF-GAN): unbiased MMD^2 of ceil(max(N) / max_block_size) contiguous
-    block pairs -> (mean, standard error sqrt(var_ddof1 / n_blocks)), nan for one block."""
+    block pairs -> (mean, standard error sqrt(var_ddof1 / n_blocks)), nan for one block. When the smaller set
+    would give a block fewer than 2 rows (where TF-GAN returns nan), min(N) // 2 blocks instead."""
     real, fake = _as_float64(real), _as_float64(fake)
-    n_blocks = math.ceil(max(len(real), len(fake)) / max_block_size)
-    ends_real = np.cumsum([0] + _block_sizes(len(real), n_blocks))
-    ends_fake = np.cumsum([0] + _block_sizes(len(fake), n_blocks))
-    estimates = np.array([mmd2_unbiased(real[ends_real[i]:ends_real[i + 1]], fake[ends_fake[i]:ends_fake[i + 1]])
-                          for i in range(n_blocks)])
+    n_blocks = max(1, min(math.ceil(max(len(real), len(fake)) / max_block_size), min(len(real), len(fake)) // 2))
+    blocks_real = np.split(real, np.cumsum(_block_sizes(len(real), n_blocks))[:-1])
+    blocks_fake = np.split(fake, np.cumsum(_block_sizes(len(fake), n_blocks))[:-1])
+    estimates = np.array([mmd2_unbiased(r, f) for r, f in zip(blocks_real, blocks_fake)])
     if n_blocks == 1:
         return float(estimates[0]), float("nan")
     return float(estimates.mean()), float(math.sqrt(estimates.var(ddof=1) / n_blocks))
@@ -1356,27 +1356,43 @@ def _build_fid_inception():
     return net
 
 
-FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
-FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+FID_WEIGHTS_URL = os.environ.get("FID_WEIGHTS_URL", "https://github.com/mseitzer/pytorch-fid/releases/download/"
+                                 "fid_weights/pt_inception-2015-12-05-6726825d.pth")
+
+
+def fid_weights_file(weights_path=None):
+    """`weights_path`, else the FID Inception weights in the torch hub cache, downloaded there once (no partial file
+    left) when missing; SHA-256 checked against the prefix in FID_WEIGHTS_URL's file name (torch hub's convention)."""
+    name = os.path.basename(FID_WEIGHTS_URL)
+    hub_path, prefix = os.path.join(torch.hub.get_dir(), "checkpoints", name), torch.hub.HASH_REGEX.search(name)
+    if prefix is None:
+        raise UserError(f"FID_WEIGHTS_URL {FID_WEIGHTS_URL} must name a file with its SHA-256 prefix: name-<hex>.pth.")
+    path, prefix = weights_path or hub_path, prefix.group(1)
+    missing = f"--inception_weights {weights_path} does not exist" if weights_path else "No Inception weights found"
+    if not weights_path and not os.path.isfile(path):
+        print(f"downloading the FID Inception weights once: {FID_WEIGHTS_URL} -> {path}")
+        try:
+            make_folder(os.path.dirname(path))
+            torch.hub.download_url_to_file(FID_WEIGHTS_URL, path, hash_prefix=prefix, progress=True)
+        except (OSError, RuntimeError) as e:  # offline (URLError, timeout), a full disk, a wrong hash (RuntimeError)
+            missing = f"Downloading {FID_WEIGHTS_URL} failed ({e})"
+    if not os.path.isfile(path):
+        raise UserError(f"{missing}. KID/FID need the FID Inception weights {name}: download {FID_WEIGHTS_URL} (on "
+                        f"a machine with internet access) and put the file at {hub_path} or pass "
+                        f"--inception_weights PATH.")
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if not digest.startswith(prefix):
+        raise UserError(f"{path} has SHA-256 {digest[:8]}..., but the FID Inception weights ({name}) start with "
+                        f"{prefix}: the file is truncated, corrupt or another network. Download it again from "
+                        f"{FID_WEIGHTS_URL}.")
+    return path
 
 
 def fid_inception(weights_path=None):
     """(model, label): the FID Inception in eval mode, [-1, 1] batches of any size (resized to 299) ->
-    (N, 2048) pool3 features; weights from `weights_path` or the torch hub cache, SHA-256 checked."""
-    fid_path = weights_path or os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_NAME)
-    if not os.path.isfile(fid_path):
-        missing = f"--inception_weights {weights_path} does not exist" if weights_path else "No Inception weights found"
-        raise FileNotFoundError(f"{missing}. KID/FID need the FID Inception weights {FID_WEIGHTS_NAME}: download "
-                                f"{FID_WEIGHTS_URL} (on a machine with internet access) and put the file at "
-                                f"{os.path.join(torch.hub.get_dir(), 'checkpoints', FID_WEIGHTS_NAME)} or pass "
-                                f"--inception_weights PATH.")
-    with open(fid_path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-        raise ValueError(f"{fid_path} has SHA-256 {digest[:8]}..., but the FID Inception weights ({FID_WEIGHTS_NAME}) "
-                         f"start with {FID_WEIGHTS_SHA256_PREFIX}: the file is truncated, corrupt or another network. "
-                         f"Download it again from {FID_WEIGHTS_URL}.")
+    (N, 2048) pool3 features; weights from fid_weights_file(weights_path)."""
+    fid_path = fid_weights_file(weights_path)
     net = _build_fid_inception()
     net.load_state_dict(torch.load(fid_path, map_location="cpu", weights_only=True))
     net.fc = nn.Identity()  # the classifier head is not needed: the avgpool output is pool3
@@ -1384,10 +1400,18 @@ def fid_inception(weights_path=None):
     return nn.Sequential(resize, net).eval(), "fid-inception (pt_inception-2015-12-05)"
 
 
+@torch.no_grad()
 def extract_features(model, images_iter, device):
-    """`model`'s (N, D) features of batches of [-1, 1] images under no_grad: float64, on the CPU."""
-    with torch.no_grad():
-        features = [model(images.to(device)).flatten(1).double().cpu() for images in images_iter]
+    """`model`'s (N, D) features, float64 on the CPU, of batches of [-1, 1] images, with TF32 off (full float32
+    products, as the references) and each image first rounded to the 256 levels v of a saved PNG, which all the
+    references score, as torchvision's save_image rounds: v = floor((x + 1) / 2 * 255 + 0.5), x = v / 255 * 2 - 1."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        levels = (torch.floor((images.to(device).float().clamp(-1, 1) + 1) / 2 * 255 + 0.5) for images in images_iter)
+        features = [model(v / 255 * 2 - 1).flatten(1).double().cpu() for v in levels]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     if not features:
         raise ValueError("extract_features got no images")
     return torch.cat(features)
@@ -1417,13 +1441,6 @@ def attention_iou_pointing(attention, mask, threshold=0.5):
     return iou.mean().item(), target.gather(1, flat.argmax(1, keepdim=True)).double().mean().item()
 
 
-def _inception(args):
-    try:
-        return fid_inception(args.inception_weights)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-
-
 def _kid_fid(real, fake, prefix=""):
     """KID x 100 (both estimators: mean and std / standard error) and, for Inception features, FID."""
     out = {f"{prefix}kid_subsets_x100": [100 * v for v in kid_subsets(real, fake)],
@@ -1444,7 +1461,7 @@ class TranslationMetrics:
                                                                              args.data_root, device)
             self.features = lambda images: self.judge.features(images).double().cpu()
         else:
-            inception, self.results["inception"] = _inception(args)
+            inception, self.results["inception"] = fid_inception(args.inception_weights)
             self.features = lambda images: extract_features(inception.to(device), [images], device)
 
     def _part(self, direction):
@@ -1497,7 +1514,7 @@ class AttributeMetrics:
                                                    for b in test_batches(gallery, args, batch_size=200)])
             self.gallery_labels = gallery.labels.to(device)
         else:
-            self.inception, self.results["inception"] = _inception(args)
+            self.inception, self.results["inception"] = fid_inception(args.inception_weights)
             self.inception = self.inception.to(device)
             self.real = extract_features(self.inception, (b["image"] for b in test_batches(test_set, args)), device)
 
@@ -1544,9 +1561,7 @@ def write_metrics(out, results):
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}
-    for k, v in results.items():
-        if k not in rows:
-            print(f"{k}: {v}")
+    print("\n".join(f"{k}: {v}" for k, v in results.items() if k not in rows))
     cols = sorted({c for r in rows.values() for c in r})
     fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list)  # noqa: E731
                      else f"{v:.4g}" if isinstance(v, float) else str(v))

@@ -5,6 +5,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# tests never reach the network: a missing FID Inception download goes to a closed port (scripts run in
+# subprocesses inherit it)
+os.environ["FID_WEIGHTS_URL"] = "http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth"
 
 
 @pytest.fixture(scope="session")

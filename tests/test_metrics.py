@@ -2,11 +2,15 @@
 pooling, feature extraction, the toy metrics (background PSNR/L1, attention IoU/pointing), and the
 README's results table built from metrics.json files."""
 import copy
+import functools
 import hashlib
+import http.server
 import json
 import math
 import os
+import socket
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,10 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 
 import common
-from common import (_block_sizes, _build_fid_inception, attention_iou_pointing, extract_features,
-                    fid_from_features, fid_inception, kid_blocks, kid_subsets, masked_psnr_l1,
+from common import (UserError, _block_sizes, _build_fid_inception, attention_iou_pointing, extract_features,
+                    fid_from_features, fid_inception, fid_weights_file, kid_blocks, kid_subsets, masked_psnr_l1,
                     mmd2_unbiased, polynomial_kernel)
 
 METRICS_MODULE = sys.modules[fid_inception.__module__]  # where the metric functions look up their globals
@@ -112,6 +117,24 @@ def test_subsets_are_drawn_without_replacement_fake_first_with_the_seed():
     assert kid_subsets(real, fake, n_subsets=5, seed=11) != kid_subsets(real, fake, n_subsets=5, seed=12)
 
 
+def test_subsets_default_to_torch_fidelitys_seed_2020_and_clean_fids_size_rule():
+    # torch-fidelity draws fake then real rows from RandomState(2020) per subset; the subset size is
+    # min(N_real, N_fake, 1000) as in clean-fid; 100 subsets
+    rng = np.random.default_rng(16)
+    real, fake = rng.normal(size=(60, 5)), rng.normal(size=(90, 5)) + 0.2
+    draw, estimates = np.random.RandomState(2020), []
+    for _ in range(100):
+        fake_rows = draw.choice(90, 60, replace=False)
+        estimates.append(mmd2_unbiased(real[draw.choice(60, 60, replace=False)], fake[fake_rows]))
+    first_fake = np.random.RandomState(2020).choice(90, 60, replace=False)  # the first subset by hand
+    hand = brute_force_mmd2(real, fake[first_fake])  # all 60 real rows, in any order: the same MMD
+    assert kid_subsets(real, fake, n_subsets=1) == (pytest.approx(hand, rel=1e-9), 0.0)
+    mean, std = kid_subsets(real, fake)
+    assert mean == pytest.approx(np.mean(estimates), rel=1e-9) and std == pytest.approx(np.std(estimates), rel=1e-9)
+    assert kid_subsets(real, fake) == (mean, std)  # equal features, equal numbers
+    assert kid_subsets(torch.tensor(real), torch.tensor(fake, dtype=torch.float32))[0] == pytest.approx(mean, rel=1e-5)
+
+
 def test_one_block_is_the_plain_mmd():
     rng = np.random.default_rng(7)
     real, fake = rng.normal(size=(25, 6)), rng.normal(size=(20, 6)) + 0.3
@@ -130,6 +153,40 @@ def test_blocks_split_like_tf_gan():
     mean, stderr = kid_blocks(real, fake, max_block_size=10)  # ceil(25 / 10) = 3 blocks
     assert mean == pytest.approx(np.mean(estimates), rel=1e-10)
     assert stderr == pytest.approx(np.std(estimates, ddof=1) / math.sqrt(3), rel=1e-10)
+
+
+@pytest.mark.parametrize("n_real, n_fake", [(20, 150), (150, 20), (7, 300), (4, 100), (3, 100), (2, 2)])
+def test_blocks_with_one_set_many_times_the_other(n_real, n_fake):
+    # TF-GAN's ceil(max(N) / 10) blocks would give the smaller set blocks of 1 or 0 rows (nan there, a crash
+    # before); min(N) // 2 blocks keep at least 2 rows of each set in every block
+    rng = np.random.default_rng(n_real * 1000 + n_fake)
+    real, fake = rng.normal(size=(n_real, 6)), rng.normal(size=(n_fake, 6)) + 0.3
+    n_blocks = max(1, min(math.ceil(max(n_real, n_fake) / 10), min(n_real, n_fake) // 2))
+    ends_real = np.cumsum([0] + _block_sizes(n_real, n_blocks))
+    ends_fake = np.cumsum([0] + _block_sizes(n_fake, n_blocks))
+    assert min(np.diff(ends_real)) >= 2 and min(np.diff(ends_fake)) >= 2 and max(np.diff(ends_fake)) >= 2
+    estimates = [brute_force_mmd2(real[ends_real[i]:ends_real[i + 1]], fake[ends_fake[i]:ends_fake[i + 1]])
+                 for i in range(n_blocks)]
+    mean, stderr = kid_blocks(real, fake)
+    assert math.isfinite(mean) and mean == pytest.approx(np.mean(estimates), rel=1e-9)
+    if n_blocks > 1:
+        assert stderr == pytest.approx(np.std(estimates, ddof=1) / math.sqrt(n_blocks), rel=1e-9)
+    assert math.isfinite(kid_subsets(real, fake, n_subsets=5)[0])
+
+
+def test_blocks_of_comparable_sets_are_tf_gans():
+    # 150 vs 40: TF-GAN's 15 blocks already hold at least 2 rows of each set, so nothing changes
+    rng = np.random.default_rng(17)
+    real, fake = rng.normal(size=(150, 6)), rng.normal(size=(40, 6))
+    ends_real, ends_fake = np.cumsum([0] + _block_sizes(150, 15)), np.cumsum([0] + _block_sizes(40, 15))
+    estimates = [mmd2_unbiased(real[ends_real[i]:ends_real[i + 1]], fake[ends_fake[i]:ends_fake[i + 1]])
+                 for i in range(15)]
+    assert kid_blocks(real, fake)[0] == pytest.approx(np.mean(estimates), rel=1e-12)
+
+
+def test_kid_of_a_single_image_is_a_user_error():
+    with pytest.raises(UserError, match="at least 2 images"):
+        kid_blocks(np.zeros((1, 4)), np.ones((50, 4)))
 
 
 # ------------------------------------------------------------------------------------------------- FID
@@ -200,33 +257,96 @@ def save_state_dict(module, path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_fid_inception_without_weights_says_where_to_put_them(tmp_path, monkeypatch):
+@pytest.fixture
+def no_network(monkeypatch):
+    """FID_WEIGHTS_URL pointing at a closed port of this machine: every download fails at once."""
+    with socket.socket() as s:  # a port that was free a moment ago and has no listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/pt_inception-2015-12-05-6726825d.pth"
+    monkeypatch.setattr(METRICS_MODULE, "FID_WEIGHTS_URL", url)
+
+
+def test_fid_inception_without_weights_or_network_says_where_to_put_them(tmp_path, monkeypatch, no_network):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(UserError) as error:
         fid_inception()
     message = str(error.value)
     assert "pt_inception-2015-12-05-6726825d.pth" in message and "--inception_weights" in message
     assert str(tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth") in message
-    assert "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" in message
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    assert "failed" in message and "http://127.0.0.1:" in message
+    assert os.listdir(tmp_path / "checkpoints") == []  # nothing half-written
+    with pytest.raises(UserError, match="does not exist"):
         fid_inception(str(tmp_path / "missing.pth"))
 
 
-def test_fid_inception_rejects_a_file_with_the_wrong_hash(tmp_path, monkeypatch):
+def test_fid_inception_rejects_a_file_with_the_wrong_hash(tmp_path, monkeypatch, no_network):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     wrong = tmp_path / "weights.pth"
     torch.save({"not": torch.zeros(1)}, wrong)
-    with pytest.raises(ValueError, match="6726825d"):
+    with pytest.raises(UserError, match="6726825d"):
         fid_inception(str(wrong))
 
 
-def test_fid_inception_loads_weights_from_the_hub_cache(tmp_path, monkeypatch):
+def test_a_url_without_a_hash_in_its_name_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(METRICS_MODULE, "FID_WEIGHTS_URL", "http://127.0.0.1:9/weights.pth")
+    with pytest.raises(UserError, match="SHA-256 prefix"):
+        fid_weights_file()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """An HTTP server on 127.0.0.1 (a thread, a free port) serving tmp_path/served; yields (folder, base URL, log)."""
+    folder, requests = tmp_path / "served", []
+    folder.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output quiet; count the requests instead
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_weights_are_downloaded_once_into_the_hub_cache(tmp_path, monkeypatch, file_server):
+    folder, base, requests = file_server
+    content = os.urandom(50_000)
+    name = f"fake_inception-{hashlib.sha256(content).hexdigest()[:8]}.pth"
+    (folder / name).write_bytes(content)
+    monkeypatch.setattr(METRICS_MODULE, "FID_WEIGHTS_URL", f"{base}/{name}")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() is $TORCH_HOME/hub
+    path = fid_weights_file()
+    assert path == str(tmp_path / "torch" / "hub" / "checkpoints" / name)
+    assert open(path, "rb").read() == content and len(requests) == 1
+    assert fid_weights_file() == path and len(requests) == 1  # found in the cache: no second download
+    assert os.listdir(tmp_path / "torch" / "hub" / "checkpoints") == [name]
+
+
+def test_a_download_with_the_wrong_hash_is_refused_and_leaves_no_file(tmp_path, monkeypatch, file_server):
+    folder, base, requests = file_server
+    content = os.urandom(50_000)
+    wrong_prefix = format(int(hashlib.sha256(content).hexdigest()[:8], 16) ^ 1, "08x")
+    (folder / f"fake_inception-{wrong_prefix}.pth").write_bytes(content)
+    monkeypatch.setattr(METRICS_MODULE, "FID_WEIGHTS_URL", f"{base}/fake_inception-{wrong_prefix}.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="failed.*hash") as error:
+        fid_weights_file()
+    assert len(requests) == 1 and "--inception_weights" in str(error.value)
+    assert os.listdir(tmp_path / "hub" / "checkpoints") == []  # neither the file nor a partial one
+
+
+def test_fid_inception_loads_weights_from_the_hub_cache(tmp_path, monkeypatch, no_network):
     torch.manual_seed(0)
     reference = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
                                                 num_classes=1008)  # the same keys as pytorch-fid's network
-    digest = save_state_dict(reference, tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    digest = save_state_dict(reference, tmp_path / "checkpoints" / "weights.pth")
+    os.rename(tmp_path / "checkpoints" / "weights.pth", tmp_path / "checkpoints" / f"pt_inception-{digest[:8]}.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(METRICS_MODULE, "FID_WEIGHTS_SHA256_PREFIX", digest[:8])
+    monkeypatch.setattr(METRICS_MODULE, "FID_WEIGHTS_URL", f"http://127.0.0.1:9/pt_inception-{digest[:8]}.pth")
     model, label = fid_inception()
     assert label == "fid-inception (pt_inception-2015-12-05)" and not model.training
     first_conv = next(p for name, p in model.named_parameters() if name.endswith("Conv2d_1a_3x3.conv.weight"))
@@ -254,15 +374,65 @@ def test_fid_inception_blocks_pool_like_the_tf_graph(block_name, pool):
 
 # ----------------------------------------------------------------------------------- feature extraction
 
+def eight_bit(images):
+    """What a saved PNG holds: the 256 levels of torchvision.utils.save_image, read back to [-1, 1]."""
+    levels = ((images + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    return levels.float() / 255 * 2 - 1
+
+
 def test_extract_features_with_an_injected_network():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1))  # (N, 8, 1, 1)
     batches = [torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1]
     features = extract_features(net, batches, "cpu")
     assert features.shape == (7, 8) and features.dtype == torch.float64 and not features.requires_grad
-    assert torch.allclose(features, net(torch.cat(batches)).flatten(1).double(), atol=1e-6)
+    assert torch.allclose(features, net(eight_bit(torch.cat(batches))).flatten(1).double(), atol=1e-6)
     with pytest.raises(ValueError):
         extract_features(net, [], "cpu")
+
+
+def test_extract_features_rounds_images_to_8_bits_like_a_saved_png(tmp_path):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1))
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    # less than half a grey level (1/255 on the [-1, 1] scale) away from the nearest level, either side
+    levels = torch.floor((images + 1) / 2 * 255 + 0.5) / 255 * 2 - 1
+    nudged = (levels + (torch.rand_like(images) - 0.5) * 0.9 / 255).clamp(-1, 1)
+    assert not torch.equal(nudged, levels)
+    assert torch.equal(extract_features(net, [nudged], "cpu"), extract_features(net, [levels], "cpu"))
+    assert not torch.equal(extract_features(net, [levels + 1.2 / 255], "cpu"), extract_features(net, [levels], "cpu"))
+    torchvision.utils.save_image((images + 1) / 2, tmp_path / "x.png", nrow=3, padding=0)
+    png = torch.from_numpy(np.array(Image.open(tmp_path / "x.png"))).permute(2, 0, 1).float() / 255 * 2 - 1
+    from_png = torch.stack(png.split(16, dim=2))  # (3, 16, 48) -> three (3, 16, 16) images
+    assert torch.equal(extract_features(net, [images], "cpu"), extract_features(net, [from_png], "cpu"))
+    assert torch.equal(extract_features(net, [from_png], "cpu"), net(from_png).flatten(1).double())  # 8-bit: as is
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 is a CUDA setting")
+def test_extract_features_turns_tf32_off_and_restores_it():
+    seen = []
+    net = lambda x: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)) or x  # noqa
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        extract_features(net, [torch.zeros(1, 3, 4, 4)], "cuda")
+        assert seen == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_extract_features_restores_tf32_also_on_cpu_and_after_an_error():
+    seen, before = [], (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+    def failing(x):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        extract_features(failing, [torch.zeros(1, 3, 4, 4)], "cpu")
+    assert seen == [(False, False)]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
 def test_kid_on_injected_features_separates_different_images():
