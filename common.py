@@ -6,7 +6,7 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
  3. Data ............. image folders (ImageFiles, train_batches, test_split, test_batches,
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
- 4. Shared blocks .... lsgan, init_normal, count_params
+ 4. Shared blocks .... lsgan, init_normal
  5. Checkpoint, log .. save_checkpoint, load_checkpoint, the official code's weights (read_weights,
                        rename_keys, load_renamed), prepare_out, RunLog (with Ctrl-C), Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
@@ -16,6 +16,7 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
 import argparse
 import colorsys
 import csv
+import functools
 import glob
 import hashlib
 import json
@@ -460,10 +461,7 @@ def download_dataset(name, data_root, url=None):
         if not zipfile.is_zipfile(part):
             raise UserError(f"{url} did not give a zip file; download it by hand and unzip it into {data_root}.")
         with zipfile.ZipFile(part) as z:
-            members = [m for m in z.namelist() if not m.startswith("__MACOSX")]
-            for m in members:
-                if os.path.isabs(m) or ".." in m.split("/"):
-                    raise UserError(f"{url} holds an unsafe path {m!r}; not unpacking it.")
+            members = [m for m in z.namelist() if not m.startswith("__MACOSX")]  # extractall drops '..' and '/'
             z.extractall(data_root if {m.split("/")[0] for m in members} == {name} else target, members)
     except (urllib.error.URLError, OSError) as e:
         raise UserError(f"could not download {name} from {url} ({e}). Download it on a machine with internet "
@@ -614,18 +612,13 @@ def read_labels_csv(path):
     return names, values, files, labels
 
 
-def celeba_transform(im, size, rng):
-    """StarGAN's CelebA preprocessing: flip (train), CenterCrop(178), Resize(size)."""
+def attribute_transform(im, size, rng, crop=None):
+    """Flip (train), a centre crop of side `crop` (CelebA: StarGAN's CenterCrop(178)), resize to size x size."""
     if rng is not None and rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    left, top = round((im.size[0] - 178) / 2), round((im.size[1] - 178) / 2)
-    return im.crop((left, top, left + 178, top + 178)).resize((size, size), Image.BILINEAR)
-
-
-def flip_resize_transform(im, size, rng):
-    """labels.csv data (AMGAN): flip (train), resize to size x size."""
-    if rng is not None and rng.random() < 0.5:
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    if crop:
+        left, top = round((im.size[0] - crop) / 2), round((im.size[1] - crop) / 2)
+        im = im.crop((left, top, left + crop, top + crop))
     return im.resize((size, size), Image.BILINEAR)
 
 
@@ -655,11 +648,12 @@ def attribute_data(args, split):
         names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
         attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
                                   CELEBA_DEFAULT_ATTRS, exclusive_names=CELEBA_HAIR)
-        folder, transform, test_size = os.path.join(root, "img_align_celeba"), celeba_transform, ATTR_TEST_SIZE
+        folder, test_size = os.path.join(root, "img_align_celeba"), ATTR_TEST_SIZE
+        transform = functools.partial(attribute_transform, crop=178)
     elif os.path.isfile(os.path.join(root, "labels.csv")):
         names, values, files, labels = read_labels_csv(os.path.join(root, "labels.csv"))
         attrs = select_attributes(names, values, [False] * len(names), args.attrs, names)
-        folder, transform = os.path.join(root, "images"), flip_resize_transform
+        folder, transform = os.path.join(root, "images"), attribute_transform
         test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
     else:
         raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {layout(root)}")
@@ -857,10 +851,6 @@ def init_normal(module, std=0.02):
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def count_params(module):
-    return sum(p.numel() for p in module.parameters())
 
 
 # ==================== 5. Checkpoint and run log: one resumable file, log.csv, Ctrl-C, --phase bench =================

@@ -16,6 +16,10 @@ def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("dataset"))
 
 
+def count_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
 def run_script(script, *argv, cwd=ROOT, env=None):
     """Run `python <script> argv...` in a subprocess (to see exit codes and stderr)."""
     import subprocess

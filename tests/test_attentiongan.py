@@ -10,7 +10,7 @@ from PIL import Image
 
 import attentiongan
 import common
-from conftest import run_script, run_two_processes, same_checkpoint_weights
+from conftest import count_params, run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_masks", "3", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -23,8 +23,8 @@ TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_mas
 
 def test_parameter_counts_equal_official():
     with torch.device("meta"):
-        assert common.count_params(attentiongan.GeneratorII(64, 9, 10)) == 11_822_949
-        assert common.count_params(attentiongan.PatchGAN(3, 64, 3)) == 2_764_737
+        assert count_params(attentiongan.GeneratorII(64, 9, 10)) == 11_822_949
+        assert count_params(attentiongan.PatchGAN(3, 64, 3)) == 2_764_737
 
 
 def test_scheme_two_masks_are_a_softmax_and_contents_are_tanh():

@@ -12,6 +12,7 @@ from PIL import Image
 import amgan
 import camconsistency
 import common
+from conftest import count_params
 
 NAMES = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
 
@@ -185,8 +186,8 @@ def test_stargan_parameter_counts_equal_official(script):
     with torch.device("meta"):
         gen = camconsistency.Generator(5, 64, 6) if script is camconsistency else amgan.Generator(5, 64, 6)
         head = 7 * 7 * 64 if script is amgan else 0  # AMGAN's attention head, conv7 64 -> 1
-        assert common.count_params(gen) - head == 8_430_528
-        assert common.count_params(script.Discriminator(128, 64, 5, 6)) == 44_762_048
+        assert count_params(gen) - head == 8_430_528
+        assert count_params(script.Discriminator(128, 64, 5, 6)) == 44_762_048
 
 
 def test_star_discriminator_shapes_and_feature_layer():

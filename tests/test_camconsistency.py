@@ -10,7 +10,7 @@ from PIL import Image
 
 import camconsistency
 import common
-from conftest import run_script, run_two_processes, same_checkpoint_weights
+from conftest import count_params, run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4", "--batch_size", "4",
         "--n_critic", "2", "--workers", "0", "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -23,7 +23,7 @@ TINY = ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "
 
 def test_generator_parameter_count_equals_official_stargan():
     with torch.device("meta"):
-        assert common.count_params(camconsistency.Generator(5, 64, 6)) == 8_430_528
+        assert count_params(camconsistency.Generator(5, 64, 6)) == 8_430_528
 
 
 @pytest.mark.parametrize("img_size, d_layers, expected", [(128, 6, 4), (64, 5, 3), (32, 4, 2), (256, 6, 5)])

@@ -10,7 +10,7 @@ from PIL import Image
 
 import common
 import uag
-from conftest import run_script, run_two_processes, same_checkpoint_weights
+from conftest import count_params, run_script, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -26,10 +26,10 @@ def test_parameter_counts_equal_the_official_tf_layers():
     G: c7 4,736+64, d 18,496+128, d 73,856+256, 9 x 2 x (147,456+128+256), u 73,792+128, u 18,464+64,
     c7 4,707 = 2,855,811. A: c7s2 4,736+64, c3s2 18,496+128, res 2 x (36,864+64+128), then 3x3
     36,928+128, 3x3 18,464+64, 7x7 1,569 = 154,689; with the official 1x1 kernels 104,001."""
-    assert common.count_params(uag.Generator(32, 9)) == 2_855_811
-    assert common.count_params(uag.AttentionNet(32, "intended")) == 154_689
-    assert common.count_params(uag.AttentionNet(32, "official")) == 104_001
-    assert common.count_params(uag.PatchGAN(3, 64)) == 2_764_737
+    assert count_params(uag.Generator(32, 9)) == 2_855_811
+    assert count_params(uag.AttentionNet(32, "intended")) == 154_689
+    assert count_params(uag.AttentionNet(32, "official")) == 104_001
+    assert count_params(uag.PatchGAN(3, 64)) == 2_764_737
 
 
 def test_attention_net_is_one_channel_in_zero_one_at_the_input_size():

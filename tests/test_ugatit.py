@@ -14,7 +14,7 @@ from PIL import Image
 
 import common
 import ugatit
-from conftest import ROOT, run_two_processes
+from conftest import ROOT, count_params, run_two_processes
 
 TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -39,7 +39,7 @@ def run_script(*argv, cwd=ROOT, env=None):
 ])
 def test_parameter_counts_equal_official(make, expected):
     with torch.device("meta"):
-        assert common.count_params(make()) == expected
+        assert count_params(make()) == expected
 
 
 def test_adailn_rho_one_is_instance_norm_and_zero_is_layer_norm():
