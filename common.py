@@ -17,6 +17,7 @@ import colorsys
 import csv
 import glob
 import hashlib
+import html
 import json
 import math
 import os
@@ -1064,6 +1065,38 @@ class Bench:
         return result
 
 
+def parse_run_args(parser, argv, *rest, **kwargs):
+    """parse_args; --phase export reads the run's flags as test does; --ckpt DIR (or DIR/x.pt2) sets args.programs."""
+    given = parser.parse_known_args(argv := list(sys.argv[1:] if argv is None else argv))[0]
+    ckpt = given.ckpt or ""  # an export folder (or a .pt2 in it): its programs, and the flags of its generators.pt
+    folder = ckpt if os.path.isdir(ckpt) else os.path.dirname(os.path.abspath(ckpt)) if ckpt.endswith(".pt2") else None
+    argv += ["--phase", "test"] * (given.phase == "export") + ["--ckpt", f"{folder}/generators.pt"] * bool(folder)
+    args = parse_args(parser, argv, *rest, **kwargs)
+    args.phase, args.programs = given.phase, folder
+    return args
+
+
+def export_networks(folder, script, args, step, nets, examples, dtype="fp32"):
+    """--phase export: <folder>/<name>.pt2, the torch.export program of nets[name] on the CPU tensors examples[name]
+    (batch 2: 1 would be baked in), batch dynamic; then generators.pt: the nets in `dtype`, in the checkpoint layout."""
+    path, batch = os.path.join(make_folder(folder), "generators.pt"), torch.export.Dim("batch", min=1)
+    for name, inputs in examples.items():
+        program = torch.export.export(nets[name].cpu().eval(), inputs, dynamic_shapes=[{0: batch}] * len(inputs))
+        torch.export.save(program, os.path.join(folder, f"{name}.pt2"))
+    cast = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]  # floating tensors only
+    torch.save({"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args), "optimizers": {},
+                "rng": {}, "extra": {}, "models": {k: m.to(cast).state_dict() for k, m in nets.items()}}, path)
+    print(f"{path}: {os.path.getsize(path) / 2**20:.2f} MB; {args.ckpt}: {os.path.getsize(args.ckpt) / 2**20:.2f} MB")
+
+
+def load_exported(args, script, nets, device):
+    """(`nets` in eval mode loaded from --ckpt, or args.programs' .pt2 programs in their stead, checkpoint dict)."""
+    state = load_checkpoint(args.ckpt, script, {k: m.eval() for k, m in nets.items()})
+    if args.programs is not None:
+        from torch.export.passes import move_to_device_pass
+        nets = {k: move_to_device_pass(torch.export.load(f"{args.programs}/{k}.pt2"), device).module() for k in nets}
+    return nets, state
+
 # ==================== 6. Pictures: heat colour map, sample grids, image files =======================================
 
 
@@ -1104,6 +1137,18 @@ def save_pictures(folder, names, images, attention=None, under=None):
         if attention is not None:
             overlay = heat_overlay(attention[i:i + 1], under[i:i + 1])[0]
             torchvision.utils.save_image((overlay.detach().float().cpu() + 1) / 2, f"{path}_attention.png")
+
+
+def write_index_html(folder, title, flags, columns, rows):
+    """<folder>/index.html: title, `flags` (a dict), a column per name, a row per (caption, [relative path or None])."""
+    esc, url = html.escape, lambda p: html.escape(urllib.request.pathname2url(p))
+    cell = lambda p: f'<td><a href="{url(p)}"><img src="{url(p)}" alt="{esc(p)}"></a></td>' if p else "<td></td>"
+    row = lambda name, cells: f"<tr><th>{esc(name)}</th>{''.join(cells)}</tr>\n"  # noqa: E731
+    body = row("", (f"<th>{esc(c)}</th>" for c in columns)) + "".join(row(n, map(cell, paths)) for n, paths in rows)
+    with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
+        f.write(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>\n<style>'
+                f"th,td{{padding:2px;font:small sans-serif}}</style></head>\n<body><h1>{esc(title)}</h1>\n<p><code>"
+                f"{esc(json.dumps(flags))}</code></p>\n<table>\n{body}</table>\n</body></html>\n")
 
 # ==================== 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json =======
 
