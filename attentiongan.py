@@ -491,7 +491,7 @@ def main(argv=None):
         common.to_device(net, device)
         if args.compile:
             net.compile()
-    if args.phase in ("test", "eval", "export"):  # the networks translation needs
+    if args.phase in ("test", "eval", "export"):  # translation needs the generators alone
         nets, state = common.load_exported(args, SCRIPT, {k: nets[k] for k in ("gen_a2b", "gen_b2a")}, device)
         if args.phase == "test":
             test(args, nets, device, state["step"])

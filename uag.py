@@ -468,8 +468,9 @@ def main(argv=None):
         common.to_device(net, device)
         if args.compile:
             net.compile()
-    if args.phase in ("test", "eval", "export"):  # the networks translation needs
-        nets, state = common.load_exported(args, SCRIPT, {k: m for k, m in nets.items() if not k.startswith("disc")}, device)
+    if args.phase in ("test", "eval", "export"):
+        translators = {k: m for k, m in nets.items() if not k.startswith("disc")}  # generators, attention nets
+        nets, state = common.load_exported(args, SCRIPT, translators, device)
         if args.phase == "test":
             test(args, nets, device, state["step"])
         elif args.phase == "eval":
