@@ -733,10 +733,11 @@ def has_regions(args, attrs):
 
 
 @torch.no_grad()
-def test(args, attrs, manipulator, device):
+def test(args, attrs, manipulator, device, step):
     """--phase test: <out>/test/<name>_<attribute>=<value>.png and its mask for every single change of
     the test images, or the --target manipulations applied one after the other (confined to
-    --region); --input images get their labels from the attribute CNN."""
+    --region); --input images get their labels from the attribute CNN. The inputs go to
+    test/input/<name>.png, and test/index.html shows a row per image: input, then mask and output per change."""
     regions = None
     if args.region:
         if not has_regions(args, attrs):
@@ -763,9 +764,11 @@ def test(args, attrs, manipulator, device):
         batches = [batch]
     else:
         batches = common.test_batches(common.attribute_data(args, "test")[1], args)
-    count = 0
+    count, inputs, written = 0, [], set()  # written: the <name>_<change> pictures of this run
     for batch in batches:
         x, labels = batch["image"].to(device), batch["labels"].to(device)
+        common.save_pictures(os.path.join(folder, "input"), batch["name"], x)
+        inputs += batch["name"]
         if targets:  # --target: the manipulations one after the other
             out, current = x, labels
             for group, value in targets:
@@ -773,7 +776,9 @@ def test(args, attrs, manipulator, device):
                 out, mask = manipulate(out, current, target, group)
                 current = target
             tag = "_".join(attrs.describe(g, v) for g, v in targets)
-            common.save_pictures(folder, [f"{name}_{tag}" for name in batch["name"]], out, mask)
+            names = [f"{name}_{tag}" for name in batch["name"]]
+            common.save_pictures(folder, names, out, mask)
+            written.update(names)
             count += len(x)
             continue
         for group, value, target, valid in attrs.changes(labels):  # every single change of the image's values
@@ -782,8 +787,23 @@ def test(args, attrs, manipulator, device):
                 names = [f"{name}_{attrs.describe(group, value)}"
                          for name, keep in zip(batch["name"], valid.tolist()) if keep]
                 common.save_pictures(folder, names, out, mask)
+                written.update(names)
                 count += len(names)
+    tags = (["_".join(attrs.describe(g, v) for g, v in targets)] if targets else
+            [attrs.describe(g, v) for g in attrs.manipulated for v in range(len(attrs.values[g]))])
+    rows = [(name, [f"input/{name}.png"] + [f"{name}_{tag}{kind}.png" if f"{name}_{tag}" in written else None
+                                            for tag in tags for kind in ("_attention", "")]) for name in inputs]
+    common.write_index_html(folder, f"{SCRIPT}.py on {args.data}, step {step}", vars(args),
+                            ["input"] + [f"{tag} {kind}" for tag in tags for kind in ("mask", "output")], rows)
     print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
+
+
+def export(args, attrs, gen, step):
+    """--phase export: G alone -> <out>/export/: generators.pt (--export_dtype) and gen.pt2, the torch.export
+    program (fp32) of G(x, manipulation code) for a batch of any size at --img_size."""
+    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
+    code = torch.zeros(2, attrs.c_dim + len(attrs.manipulated))
+    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, {"gen": gen}, {"gen": (x, code)})
 
 
 @torch.no_grad()
@@ -812,7 +832,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Defaults are the paper's. On the toy dataset (the default --data toy-attr) flags not given on the "
                "command line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("classifier",), data="toy-attr")
+    common.add_common_flags(parser, SCRIPT, extra_phases=("classifier", "export"), data="toy-attr")
     add = parser.add_argument
     add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
         f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
@@ -846,6 +866,9 @@ def main(argv=None):
         help="test: confine the --target manipulation to the sleeves or the torso (Sec. 4)")
     add("--region_from", default="sleeve=sleeveless", help="the manipulation whose attention marks the sleeves")
     add("--region_threshold", type=float, default=0.9, help="the region's attention values below this are set to 0")
+    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 program is fp32). Test or eval from "
+             "an export with --ckpt <out>/export/generators.pt (network rebuilt) or --ckpt <out>/export (program)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic", "cls_iters",
                                        "cls_batch_size", "cls_lr", "ref_per_label_set"))
@@ -868,16 +891,19 @@ def main(argv=None):
     if args.compile:  # G only: the gradient penalties differentiate through the Ds twice (deviation 7)
         nets["gen"].compile()
     cnn = load_classifier(args, attrs, device) if os.path.isfile(args.classifier) else None
-    if args.phase in ("test", "eval"):
-        if cnn is None and (args.cam_as_mask or (args.phase == "test" and args.input)):
+    if args.phase in ("test", "eval", "export"):
+        if cnn is None and args.phase != "export" and (args.cam_as_mask or (args.phase == "test" and args.input)):
             raise common.UserError(f"no attribute CNN at {args.classifier}: "
                                    f"{'--cam_as_mask' if args.cam_as_mask else '--input'} needs it; train it with "
                                    f"--phase classifier (or point --classifier at it).")
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
-        for net in nets.values():
-            net.eval()
+        nets, step = common.load_for_inference(args, SCRIPT, {"gen": nets["gen"]}, device)  # translation: G only
         manipulator = Manipulator(attrs, nets["gen"], cnn, args.cam_as_mask)
-        (test if args.phase == "test" else evaluate)(args, attrs, manipulator, device)
+        if args.phase == "test":
+            test(args, attrs, manipulator, device, step)
+        elif args.phase == "eval":
+            evaluate(args, attrs, manipulator, device)
+        else:
+            export(args, attrs, nets["gen"], step)
     else:
         train(args, attrs, train_set, dist_, device, nets, cnn)
     dist_.close()

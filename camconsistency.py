@@ -411,9 +411,12 @@ def train(args, attrs, train_set, dist_, device, nets):
 
 
 def manipulate(args, attrs, nets, x, labels, target):
-    """(G(x, c_trg), Grad-CAM of the changed attributes on it) in eval mode; only the map takes a gradient."""
+    """(G(x, c_trg), Grad-CAM of the changed attributes on it, or None without D (an export)) in eval mode; only
+    the map takes a gradient."""
     with torch.no_grad():
         out = nets["gen"](x, attrs.vector(target)).float()
+    if "disc" not in nets:
+        return out, None
     with torch.enable_grad():
         _, cls, feature = nets["disc"](out.clone().requires_grad_(True), feature_layer=args.cam_layer)
         cam = grad_cam(cls, feature, attrs.vector(target) - attrs.vector(labels), create_graph=False)
@@ -442,10 +445,11 @@ def labels_from_logits(attrs, logits):
     return labels
 
 
-def test(args, attrs, nets, device):
+def test(args, attrs, nets, device, step):
     """--phase test: <out>/test/<name>_<attribute>=<value>.png and its Grad-CAM map for every single
     change of the test images, or the --target manipulations applied one after the other; --input
-    images get their labels from D's classifier."""
+    images get their labels from D's classifier. The inputs go to test/input/<name>.png, and
+    test/index.html shows a row per image: input, then map and output per change."""
     folder = os.path.join(args.out, "test")
     targets = attrs.parse_target(args.target) if args.target else None
     if args.input:
@@ -455,9 +459,11 @@ def test(args, attrs, nets, device):
         batches = [batch]
     else:
         batches = common.test_batches(common.attribute_data(args, "test")[1], args)
-    count = 0
+    count, inputs, written = 0, [], set()  # written: the <name>_<change> pictures of this run
     for batch in batches:
         x, labels = batch["image"].to(device), batch["labels"].to(device)
+        common.save_pictures(os.path.join(folder, "input"), batch["name"], x)
+        inputs += batch["name"]
         if targets:  # --target: the manipulations one after the other
             out, current = x, labels
             for group, value in targets:
@@ -465,7 +471,9 @@ def test(args, attrs, nets, device):
                 out, cam = manipulate(args, attrs, nets, out, current, target)
                 current = target
             tag = "_".join(attrs.describe(g, v) for g, v in targets)
-            common.save_pictures(folder, [f"{name}_{tag}" for name in batch["name"]], out, cam)
+            names = [f"{name}_{tag}" for name in batch["name"]]
+            common.save_pictures(folder, names, out, cam)
+            written.update(names)
             count += len(x)
             continue
         for group, value, target, valid in attrs.changes(labels):  # every single change of the image's values
@@ -474,8 +482,25 @@ def test(args, attrs, nets, device):
                 names = [f"{name}_{attrs.describe(group, value)}"
                          for name, keep in zip(batch["name"], valid.tolist()) if keep]
                 common.save_pictures(folder, names, out, cam)
+                written.update(names)
                 count += len(names)
-    print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
+    tags = (["_".join(attrs.describe(g, v) for g, v in targets)] if targets else
+            [attrs.describe(g, v) for g in attrs.manipulated for v in range(len(attrs.values[g]))])
+    kinds = ("_attention", "") if "disc" in nets else ("",)  # an export (G alone) has no Grad-CAM maps
+    rows = [(name, [f"input/{name}.png"] + [f"{name}_{tag}{kind}.png" if f"{name}_{tag}" in written else None
+                                            for tag in tags for kind in kinds]) for name in inputs]
+    common.write_index_html(folder, f"{SCRIPT}.py on {args.data}, step {step}", vars(args), ["input"] + [
+        f"{tag} {'Grad-CAM' if kind else 'output'}" for tag in tags for kind in kinds], rows)
+    maps = " and Grad-CAM maps" if count and "disc" in nets else ""
+    print(f"{count} manipulated images{maps} in {folder}")
+
+
+def export(args, attrs, gen, step):
+    """--phase export: G alone -> <out>/export/: generators.pt (--export_dtype) and gen.pt2, the torch.export
+    program (fp32) of G(x, c) for a batch of any size at --img_size."""
+    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
+    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, {"gen": gen},
+                           {"gen": (x, torch.zeros(2, attrs.c_dim))})
 
 
 def evaluate(args, attrs, nets, device):
@@ -500,7 +525,7 @@ def main(argv=None):
         epilog="Defaults are StarGAN's (CelebA, 128 px). On the toy dataset (the default --data toy-attr) flags not "
                "given on the command line come from the toy preset: "
                + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, data="toy-attr")
+    common.add_common_flags(parser, SCRIPT, extra_phases=("export",), data="toy-attr")
     add = parser.add_argument
     add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
         f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
@@ -525,6 +550,10 @@ def main(argv=None):
     add("--from_official", default=None, metavar="PATH",
         help="test, evaluate or start training from StarGAN's <iter>-G.ckpt (e.g. stargan_celeba_128/models/"
              "200000-G.ckpt); the <iter>-D.ckpt beside it is loaded too (needed to train)")
+    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 program is fp32). Test from an export "
+             "with --ckpt <out>/export/generators.pt (G rebuilt) or --ckpt <out>/export (program); an export holds "
+             "no D, so it writes no Grad-CAM maps and cannot label --input images or run eval")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic"))
     check_args(args)
@@ -544,14 +573,22 @@ def main(argv=None):
         common.to_device(net, device)
     if args.compile:  # G only: WGAN-GP and the D term differentiate through D twice (deviation 7)
         nets["gen"].compile()
-    if args.phase in ("test", "eval"):
+    if args.phase in ("test", "eval", "export"):
         if args.from_official:
-            args.ckpt = args.from_official  # the weights metrics.json names
+            args.ckpt, step = args.from_official, 0  # the weights metrics.json names
+            nets = {k: m.eval() for k, m in nets.items()}
         else:
-            common.load_checkpoint(args.ckpt, SCRIPT, nets)
-        for net in nets.values():
-            net.eval()
-        (test if args.phase == "test" else evaluate)(args, attrs, nets, device)
+            nets, step = common.load_for_inference(args, SCRIPT, nets, device)  # an export holds G alone
+        if "disc" not in nets and (args.phase == "eval" or args.input):
+            raise common.UserError(f"{'--phase eval' if args.phase == 'eval' else '--input'} needs D (its Grad-CAM, "
+                                   f"its classifier for the labels of your images), and {args.ckpt} holds G alone; "
+                                   f"use the run's ckpt.pt.")
+        if args.phase == "test":
+            test(args, attrs, nets, device, step)
+        elif args.phase == "eval":
+            evaluate(args, attrs, nets, device)
+        else:
+            export(args, attrs, nets["gen"], step)
     else:
         train(args, attrs, train_set, dist_, device, nets)
     dist_.close()

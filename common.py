@@ -8,8 +8,9 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
  4. Shared blocks .... lsgan, init_normal
  5. Checkpoint, log .. save_checkpoint, load_checkpoint, the official code's weights (read_weights,
-                       rename_keys, load_renamed), prepare_out, RunLog (with Ctrl-C), Bench
- 6. Pictures ......... heat_overlay, grey, save_grid, save_pictures
+                       rename_keys, load_renamed), prepare_out, RunLog (with Ctrl-C), Bench, the export
+                       (load_for_inference, export_networks)
+ 6. Pictures ......... heat_overlay, grey, save_grid, save_pictures, write_index_html
  7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
                        TranslationMetrics, AttributeMetrics, write_metrics
 """
@@ -19,6 +20,7 @@ import csv
 import functools
 import glob
 import hashlib
+import html
 import json
 import math
 import os
@@ -95,8 +97,8 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
 
 
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
-PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input",
-                  "amp", "compile", "inception_weights", "from_official"}
+PER_INVOCATION = {"phase", "resume", "ckpt", "programs", "out", "device", "workers", "stop_at", "download", "input",
+                  "amp", "compile", "inception_weights", "from_official", "export_dtype"}
 
 
 def _given_flags(parser, argv):
@@ -120,7 +122,11 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
     data_name = args.data if args.data in TOY_NAMES else os.path.basename(os.path.normpath(args.data))
     args.out = args.out or os.path.join("results", f"{script}_{data_name}")
     ckpt_path = args.ckpt or os.path.join(args.out, "ckpt.pt")
-    if (args.phase in ("test", "eval") and not getattr(args, "from_official", None)) or args.resume:
+    # --ckpt an export folder (or a .pt2 program in it): its programs run, with the flags of its generators.pt
+    programs = ckpt_path if os.path.isdir(ckpt_path) else (
+        os.path.dirname(os.path.abspath(ckpt_path)) if ckpt_path.endswith(".pt2") else None)
+    ckpt_path = os.path.join(programs, "generators.pt") if programs else ckpt_path
+    if (args.phase in ("test", "eval", "export") and not getattr(args, "from_official", None)) or args.resume:
         if not os.path.exists(ckpt_path):
             what = "--resume" if args.resume else f"--phase {args.phase}"
             raise UserError(f"{what} needs a checkpoint, and there is none at {ckpt_path}. Train first "
@@ -135,7 +141,7 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
         for k, v in presets["toy" if args.data in TOY_NAMES else "real"].items():
             if k not in given:
                 setattr(args, k, v)
-    args.ckpt = ckpt_path
+    args.ckpt, args.programs = ckpt_path, programs
     positive = {"img_size", "batch_size", "iters", "lr", "log_every", "stop_at", *positive}
     for k, v in vars(args).items():  # every number finite and >= 0; sizes, counts and rates above 0
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -918,9 +924,10 @@ def _read_checkpoint(path, script):
     return state
 
 
-def load_checkpoint(path, script, models, optimizers=None):
-    """Load networks (and optimizers) in place -> the checkpoint dict; the RNG is restored by the caller."""
-    state = _read_checkpoint(path, script)
+def load_checkpoint(path, script, models, optimizers=None, state=None):
+    """Load networks (and optimizers) in place -> the checkpoint dict (`state`: already read); the RNG is restored
+    by the caller."""
+    state = state or _read_checkpoint(path, script)
     try:
         for k, m in models.items():
             m.load_state_dict(state["models"][k])
@@ -1110,6 +1117,39 @@ class Bench:
         return result
 
 
+def load_for_inference(args, script, nets, device):
+    """--phase test, eval, export -> (networks in eval mode, step): those of `nets` that --ckpt holds (a run's ckpt.pt,
+    or an export's generators.pt: the networks translation needs), or, when --ckpt names an export folder or a .pt2
+    program in it, the torch.export programs in their stead."""
+    state = _read_checkpoint(args.ckpt, script)
+    nets = {k: m.eval() for k, m in nets.items() if k in state["models"]}
+    load_checkpoint(args.ckpt, script, nets, state=state)
+    if args.programs:
+        if missing := [k for k in nets if not os.path.isfile(os.path.join(args.programs, f"{k}.pt2"))]:
+            raise UserError(f"{args.programs} lacks {', '.join(f'{k}.pt2' for k in missing)}: export the run again "
+                            f"(--phase export), or give --ckpt {args.ckpt}.")
+        from torch.export.passes import move_to_device_pass  # noqa: E402 (only here: export is new in torch)
+        nets = {k: move_to_device_pass(torch.export.load(os.path.join(args.programs, f"{k}.pt2")), device).module()
+                for k in nets}
+    return nets, state["step"]
+
+
+def export_networks(folder, script, args, step, nets, examples):
+    """--phase export into `folder`: <name>.pt2 per network, the torch.export program of nets[name] called on the
+    CPU tensors examples[name] with the batch size left free (an example batch of 2: a batch of 1 would be baked
+    in), in fp32; then generators.pt, the networks alone in --export_dtype, in the checkpoint layout."""
+    batch = torch.export.Dim("batch", min=1)
+    for name, inputs in examples.items():
+        program = torch.export.export(nets[name].cpu().eval(), inputs, dynamic_shapes=[{0: batch}] * len(inputs))
+        torch.export.save(program, os.path.join(make_folder(folder), f"{name}.pt2"))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.export_dtype]
+    path = os.path.join(folder, "generators.pt")
+    torch.save({"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args), "optimizers": {},
+                "rng": {}, "extra": {}, "models": {k: m.to(dtype).state_dict() for k, m in nets.items()}}, path)
+    print(f"{path}: {os.path.getsize(path) / 2**20:.2f} MB (the run's {args.ckpt}: "
+          f"{os.path.getsize(args.ckpt) / 2**20:.2f} MB), and {', '.join(f'{k}.pt2' for k in examples)}")
+
+
 # ==================== 6. Pictures: heat colour map, sample grids, image files =======================================
 
 
@@ -1150,6 +1190,25 @@ def save_pictures(folder, names, images, attention=None, under=None):
         if attention is not None:
             overlay = heat_overlay(attention[i:i + 1], under[i:i + 1])[0]
             torchvision.utils.save_image((overlay.detach().float().cpu() + 1) / 2, f"{path}_attention.png")
+
+
+def write_index_html(folder, title, flags, columns, rows):
+    """<folder>/index.html: a heading, the run's `flags` (a dict), then a table with a column per name in `columns`
+    and a row per (caption, [a picture's path relative to `folder`, or None for an empty cell])."""
+    def cell(path):
+        if path is None:
+            return "<td></td>"
+        link = html.escape(urllib.request.pathname2url(path))
+        return f'<td><a href="{link}"><img src="{link}" alt="{html.escape(path)}"></a></td>'
+
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *columns])
+    table = "".join(f"<tr><th>{html.escape(caption)}</th>{''.join(map(cell, paths))}</tr>\n" for caption, paths in rows)
+    with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
+        f.write(f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+                f"<style>th, td {{padding: 2px; font: small sans-serif}}</style></head>\n<body>\n"
+                f"<h1>{html.escape(title)}</h1>\n<p><code>{html.escape(json.dumps(flags))}</code></p>\n"
+                f"<table>\n<tr>{header}</tr>\n{table}</table>\n</body>\n</html>\n")
+
 
 # ==================== 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json =======
 

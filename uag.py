@@ -387,20 +387,35 @@ def sample_grid(args, nets, path, real_a, real_b):
 
 
 @torch.no_grad()
-def test(args, nets, device):
+def test(args, nets, device, step):
     """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
-    (or the --input images)."""
+    (or the --input images), the inputs as test/input/<domain>/<name>.png, and test/index.html showing
+    input, attention and output side by side, a row per image and direction."""
+    folder, rows = os.path.join(args.out, "test"), []
     for direction, source, _ in common.directions(args):
-        folder = os.path.join(args.out, "test", direction)
         batches = [common.input_images(args)] if args.input else common.test_batches(
             common.test_split(args, source), args)
         count = 0
         for batch in batches:
             x = batch["image"].to(device)
             out, attention = translate(nets, x, direction)
-            common.save_pictures(folder, batch["name"], out, attention, under=x)
+            common.save_pictures(os.path.join(folder, "input", source), batch["name"], x)
+            common.save_pictures(os.path.join(folder, direction), batch["name"], out, attention, under=x)
+            rows += [(f"{direction} {name}", [f"input/{source}/{name}.png", f"{direction}/{name}_attention.png",
+                                               f"{direction}/{name}.png"]) for name in batch["name"]]
             count += len(x)
-        print(f"{direction}: {count} translations and attention maps in {folder}")
+        print(f"{direction}: {count} translations and attention maps in {os.path.join(folder, direction)}")
+    common.write_index_html(folder, f"{SCRIPT}.py on {args.data}, step {step}", vars(args),
+                            ["input", "attention", "output"], rows)
+
+
+def export(args, nets, step):
+    """--phase export: the networks translation needs -> <out>/export/: generators.pt (--export_dtype) and
+    <name>.pt2 per network, the torch.export program (fp32) for a batch of any size at --img_size."""
+    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
+    translators = {k: m for k, m in nets.items() if not k.startswith("disc")}  # generators, attention networks
+    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, translators,
+                           {k: (x,) for k in translators})
 
 
 @torch.no_grad()
@@ -421,7 +436,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
                "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT)
+    common.add_common_flags(parser, SCRIPT, extra_phases=("export",))
     add = parser.add_argument
     add("--ngf", type=int, default=32, help="base channels of the generators and attention nets")
     add("--ndf", type=int, default=64, help="discriminator base channels")
@@ -438,6 +453,9 @@ def main(argv=None):
     add("--att_kernels", default="intended", choices=["intended", "official"],
         help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 programs are fp32). Test or eval from "
+             "an export with --ckpt <out>/export/generators.pt (networks rebuilt) or --ckpt <out>/export (programs)")
     parser.set_defaults(lr=1e-4)
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS,
                              positive=("ngf", "ndf", "epochs"))
@@ -451,11 +469,14 @@ def main(argv=None):
         common.to_device(net, device)
         if args.compile:
             net.compile()
-    if args.phase in ("test", "eval"):
-        common.load_checkpoint(args.ckpt, SCRIPT, nets)
-        for net in nets.values():
-            net.eval()
-        (test if args.phase == "test" else evaluate)(args, nets, device)
+    if args.phase in ("test", "eval", "export"):
+        nets, step = common.load_for_inference(args, SCRIPT, nets, device)
+        if args.phase == "test":
+            test(args, nets, device, step)
+        elif args.phase == "eval":
+            evaluate(args, nets, device)
+        else:
+            export(args, nets, step)
     else:
         train(args, dist_, device, nets)
     dist_.close()

@@ -112,7 +112,8 @@ def test_train_test_eval_on_toy_attr(tmp_path, data_root):
     assert grid.size == ((1 + 2 * (5 + 3)) * 34 + 2, 8 * 34 + 2)  # input + (CAM, output) per value of color and sleeve
     camconsistency.main(["--phase", "test", "--out", out, "--data_root", data_root, "--workers", "0"])
     files = os.listdir(os.path.join(out, "test"))
-    assert len(files) == 2 * 200 * 6  # 4 other colours + 2 other sleeves per test image, each with its map
+    assert len(files) == 2 * 200 * 6 + 2  # 4 other colours + 2 other sleeves per test image, each with its map;
+    assert {"index.html", "input"} <= set(files)  # and the page with the inputs
     assert "00003_sleeve=long.png" in files or "00003_sleeve=short.png" in files
     camconsistency.main(["--phase", "eval", "--out", out, "--data_root", data_root, "--workers", "0"])
     metrics = json.load(open(os.path.join(out, "metrics.json")))
@@ -146,7 +147,9 @@ def test_input_images_with_a_target(tmp_path, data_root):
     Image.new("RGBA", (50, 40), (200, 10, 10, 255)).save(folder / "shirt.png")
     camconsistency.main(["--phase", "test", "--out", out, "--input", str(folder), "--target", "color=blue,sleeve=long"])
     written = sorted(os.listdir(os.path.join(out, "test")))
-    assert written == ["shirt_color=blue_sleeve=long.png", "shirt_color=blue_sleeve=long_attention.png"]
+    assert written == ["index.html", "input", "shirt_color=blue_sleeve=long.png",
+                       "shirt_color=blue_sleeve=long_attention.png"]
+    written = written[2:]
     assert Image.open(os.path.join(out, "test", written[0])).size == (32, 32)
 
 
