@@ -832,7 +832,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Defaults are the paper's. On the toy dataset (the default --data toy-attr) flags not given on the "
                "command line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("classifier", "export"), data="toy-attr")
+    common.add_common_flags(parser, SCRIPT, extra_phases=("classifier",), data="toy-attr")
     add = parser.add_argument
     add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
         f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
@@ -866,9 +866,6 @@ def main(argv=None):
         help="test: confine the --target manipulation to the sleeves or the torso (Sec. 4)")
     add("--region_from", default="sleeve=sleeveless", help="the manipulation whose attention marks the sleeves")
     add("--region_threshold", type=float, default=0.9, help="the region's attention values below this are set to 0")
-    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 program is fp32). Test or eval from "
-             "an export with --ckpt <out>/export/generators.pt (network rebuilt) or --ckpt <out>/export (program)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic", "cls_iters",
                                        "cls_batch_size", "cls_lr", "ref_per_label_set"))

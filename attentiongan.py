@@ -522,7 +522,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
                "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("export",))
+    common.add_common_flags(parser, SCRIPT)
     add = parser.add_argument
     parser.set_defaults(lr=2e-4)
     add("--scheme", default="II", choices=["I", "II"],
@@ -546,9 +546,6 @@ def main(argv=None):
     add("--from_official", default=None, metavar="PATH",
         help="test, evaluate or start training from a released model: its folder checkpoints/<name>_pretrained "
              "(latest_net_G_A.pth, latest_net_G_B.pth; D_A, D_B when present) or one of its G files")
-    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 programs are fp32). Test or eval from "
-             "an export with --ckpt <out>/export/generators.pt (networks rebuilt) or --ckpt <out>/export (programs)")
     known, _ = parser.parse_known_args(argv)
     real_preset = {"iters": None, **(RELEASED_PRESET if known.preset == "released" else {})}
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS,

@@ -525,7 +525,7 @@ def main(argv=None):
         epilog="Defaults are StarGAN's (CelebA, 128 px). On the toy dataset (the default --data toy-attr) flags not "
                "given on the command line come from the toy preset: "
                + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("export",), data="toy-attr")
+    common.add_common_flags(parser, SCRIPT, data="toy-attr")
     add = parser.add_argument
     add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
         f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
@@ -550,10 +550,6 @@ def main(argv=None):
     add("--from_official", default=None, metavar="PATH",
         help="test, evaluate or start training from StarGAN's <iter>-G.ckpt (e.g. stargan_celeba_128/models/"
              "200000-G.ckpt); the <iter>-D.ckpt beside it is loaded too (needed to train)")
-    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 program is fp32). Test from an export "
-             "with --ckpt <out>/export/generators.pt (G rebuilt) or --ckpt <out>/export (program); an export holds "
-             "no D, so it writes no Grad-CAM maps and cannot label --input images or run eval")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic"))
     check_args(args)

@@ -73,7 +73,8 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add = parser.add_argument
     add("--data", default=data, help="toy dataset (toy, toy-shape, toy-attr), a dataset under --data_root, or a path")
     add("--data_root", default="dataset", help="folder holding datasets (and the cached toy judge)")
-    add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
+    add("--phase", default="train", choices=["train", "test", "eval", "bench", "export", *extra_phases],
+        help="what to do (export: the generators alone, for inference)")
     add("--img_size", type=int, default=256, help="image side in pixels")
     add("--batch_size", type=int, default=1, help="images per domain per step (per process under torchrun)")
     add("--iters", type=int, default=1_000_000, help="training iterations")
@@ -84,7 +85,7 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
     add("--out", default=None, help=f"output folder (default results/{script}_<data>)")
     add("--resume", action="store_true", help="continue training from <out>/ckpt.pt (or --ckpt)")
-    add("--ckpt", default=None, help="checkpoint path (default <out>/ckpt.pt)")
+    add("--ckpt", default=None, help="checkpoint path (default <out>/ckpt.pt); test also takes <out>/export")
     add("--workers", type=int, default=2, help="DataLoader worker processes")
     add("--sample_every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
     add("--save_every", type=int, default=10_000, help="write the checkpoint every N steps (and at the end)")
@@ -94,6 +95,7 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--download", nargs="?", const="", metavar="NAME", help="first fetch a CycleGAN dataset (default: --data)")
     add("--input", default=None, help="test phase: translate this image file or folder instead of the test split")
     add("--inception_weights", default=None, help="eval: path of pt_inception-2015-12-05-6726825d.pth (FID Inception)")
+    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="export: generators.pt's dtype")
 
 
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
@@ -695,14 +697,11 @@ def _toy_noise_background(rng, size, mean, spread):
     return t[0].clamp_(0, 1).numpy()
 
 
-def _toy_object_colour(rng):
-    """A clear colour of value <= 0.75, so that +30% shading never clips."""
+def _toy_shaded_object(rng, xx, yy, cx, cy, radius):
+    """(3, S, S): a clear colour of value <= 0.75 (so +30% never clips) x a brightness varying by +-30% across
+    the object along a random direction."""
     hue = rng.uniform(0.5, 1.05) % 1.0  # cyan, blue, purple, magenta, red: not the grass's greens and yellows
-    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75)), dtype=np.float32)
-
-
-def _toy_shaded(rng, colour, xx, yy, cx, cy, radius):
-    """(3, S, S): colour x a brightness varying by +-30% across the object along a random direction."""
+    colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75)), dtype=np.float32)
     phi = rng.uniform(0, 2 * np.pi)
     t = ((xx - cx) * np.cos(phi) + (yy - cy) * np.sin(phi)) / radius
     return colour[:, None, None] * (1 + 0.3 * np.clip(t, -1, 1))[None]
@@ -719,7 +718,7 @@ def _toy_ellipse(rng, domain, xx, yy, size):
     u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c  # along the ellipse's own axes
     mask = (u / a) ** 2 + (v / b) ** 2 <= 1
     if domain == "A":
-        return mask, _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, max(a, b))
+        return mask, _toy_shaded_object(rng, xx, yy, cx, cy, max(a, b))
     angle = rng.uniform(0, np.pi)
     period = max(4.0, rng.uniform(0.1, 0.2) * size)
     # Position across the stripes in periods; first half of each period white, second black.
@@ -734,7 +733,7 @@ def _toy_disc_or_square(rng, domain, xx, yy, size):
     dx, dy = np.abs(xx - cx), np.abs(yy - cy)
     half_side = r * np.sqrt(np.pi) / 2
     shape = dx**2 + dy**2 <= r**2 if domain == "A" else (dx <= half_side) & (dy <= half_side)
-    return (dx <= r) & (dy <= r), shape, _toy_shaded(rng, _toy_object_colour(rng), xx, yy, cx, cy, r)
+    return (dx <= r) & (dy <= r), shape, _toy_shaded_object(rng, xx, yy, cx, cy, r)
 
 
 def _toy_shirt(rng, labels, xx, yy, size):
@@ -960,37 +959,23 @@ def read_weights(path):
 
 def rename_keys(state, rules):
     """Each key of a state dict through the (pattern, replacement) rules of re.sub, in order."""
-    renamed = {}
-    for key, value in state.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        renamed[key] = value
-    return renamed
+    return {functools.reduce(lambda k, rule: re.sub(*rule, k), rules, key): v for key, v in state.items()}
 
 
 def load_renamed(path, nets, states, hints):
-    """Load renamed state dicts into `nets`. Keys or shapes that differ: UserError naming a few, and the hints
-    [(applies, text), ...] that `hints()` reads off the file's shapes (the flags that would make it fit)."""
-    missing, extra, shapes = [], [], []
-    for name, state in states.items():
-        ours = nets[name].state_dict()
-        missing += [f"{name}.{k}" for k in ours if k not in state]
-        extra += [f"{name}.{k}" for k in state if k not in ours]
-        shapes += [f"{name}.{k} is {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} here"
-                   for k in ours if k in state and getattr(state[k], "shape", None) != ours[k].shape]
-    listed = lambda keys: ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")  # noqa: E731
-    problems = [f"{what} {listed(keys)}" for what, keys in (("it lacks", missing), ("it has extra", extra)) if keys]
-    if shapes:
-        problems.append(f"{len(shapes)} tensors have other shapes ({shapes[0]})")
-    if problems:
+    """Load renamed state dicts into `nets`. One that does not fit: UserError quoting torch's list of the keys that
+    differ, and the flags that `hints()` ([(applies, text), ...]) reads off the file's shapes."""
+    try:
+        for name, state in states.items():
+            nets[name].load_state_dict(state)
+    except RuntimeError as e:
         try:
             advice = "; ".join(text for applies, text in hints() if applies) or "its layout is not the official one"
         except (KeyError, IndexError, AttributeError, ValueError):  # not even the layers the shapes are read from
             advice = "its layout is not the official one"
-        raise UserError(f"--from_official {path} does not fit the networks these flags build: {'; '.join(problems)}"
-                        f". {advice[0].upper() + advice[1:]}.")
-    for name, state in states.items():
-        nets[name].load_state_dict(state)
+        keys = " ".join(str(e).split())  # torch names the missing, unexpected and misshapen keys
+        raise UserError(f"--from_official {path} does not fit the networks these flags build ({keys[:300]}"
+                        f"{' ...' if len(keys) > 300 else ''}). {advice[0].upper() + advice[1:]}.") from None
 
 
 def make_folder(path):
@@ -1144,8 +1129,7 @@ def export_networks(folder, script, args, step, nets, examples):
         torch.export.save(program, os.path.join(make_folder(folder), f"{name}.pt2"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.export_dtype]
     path = os.path.join(folder, "generators.pt")
-    torch.save({"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args), "optimizers": {},
-                "rng": {}, "extra": {}, "models": {k: m.to(dtype).state_dict() for k, m in nets.items()}}, path)
+    save_checkpoint(path, script, args, step, {k: m.to(dtype) for k, m in nets.items()}, {})
     print(f"{path}: {os.path.getsize(path) / 2**20:.2f} MB (the run's {args.ckpt}: "
           f"{os.path.getsize(args.ckpt) / 2**20:.2f} MB), and {', '.join(f'{k}.pt2' for k in examples)}")
 
@@ -1513,12 +1497,9 @@ class TranslationMetrics:
             inception, self.results["inception"] = fid_inception(args.inception_weights)
             self.features = lambda images: extract_features(inception.to(device), [images], device)
 
-    def _part(self, direction):
-        return self.parts.setdefault(direction, {"sums": {}, "n": 0, "fake": [], "real": []})
-
     def add(self, direction, batch, out, attention):
         """A test batch of the source domain (image, toy GT mask), its translations and attention maps."""
-        x, metrics, part = batch["image"].to(self.device), {}, self._part(direction)
+        x, metrics, part = batch["image"].to(self.device), {}, self.parts.setdefault(direction, {"sums": {}, "n": 0})
         if self.toy:
             mask = batch["mask"].to(self.device)
             metrics["background_psnr_db"], metrics["background_l1"] = masked_psnr_l1(x, out, mask)
@@ -1529,11 +1510,12 @@ class TranslationMetrics:
         for k, v in metrics.items():  # batch means weighted by the batch's size
             part["sums"][k] = part["sums"].get(k, 0.0) + v * len(x)
         part["n"] += len(x)
-        part["fake"].append(self.features(out))
+        part.setdefault("fake", []).append(self.features(out))
 
     def add_real(self, direction, batch):
         """A test batch of the target domain: the real images the translations are compared with."""
-        self._part(direction)["real"].append(self.features(batch["image"].to(self.device)))
+        self.parts.setdefault(direction, {"sums": {}, "n": 0}).setdefault("real", []).append(
+            self.features(batch["image"].to(self.device)))
 
     def write(self):
         for direction, part in self.parts.items():

@@ -436,7 +436,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
                "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("export",))
+    common.add_common_flags(parser, SCRIPT)
     add = parser.add_argument
     add("--ngf", type=int, default=32, help="base channels of the generators and attention nets")
     add("--ndf", type=int, default=64, help="discriminator base channels")
@@ -453,9 +453,6 @@ def main(argv=None):
     add("--att_kernels", default="intended", choices=["intended", "official"],
         help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
-    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 programs are fp32). Test or eval from "
-             "an export with --ckpt <out>/export/generators.pt (networks rebuilt) or --ckpt <out>/export (programs)")
     parser.set_defaults(lr=1e-4)
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS,
                              positive=("ngf", "ndf", "epochs"))

@@ -565,7 +565,7 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
                "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("export",))
+    common.add_common_flags(parser, SCRIPT)
     add = parser.add_argument
     add("--light", action=argparse.BooleanOptionalAction, default=False,
         help="U-GAT-IT-light: the gamma/beta MLP reads globally pooled features (10.6M instead of 279M G parameters)")
@@ -590,9 +590,6 @@ def main(argv=None):
     add("--from_official", default=None, metavar="PATH",
         help="test, evaluate or continue training a checkpoint of the official PyTorch code, "
              "<dataset>_params_<step>.pt (training continues at its step with fresh Adam moments)")
-    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-        help="--phase export: the dtype of <out>/export/generators.pt (the .pt2 programs are fp32). Test or eval from "
-             "an export with --ckpt <out>/export/generators.pt (networks rebuilt) or --ckpt <out>/export (programs)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("ch",))
     check_img_size(args)
