@@ -1130,8 +1130,8 @@ def export_networks(folder, script, args, step, nets, examples):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.export_dtype]
     path = os.path.join(folder, "generators.pt")
     save_checkpoint(path, script, args, step, {k: m.to(dtype) for k, m in nets.items()}, {})
-    print(f"{path}: {os.path.getsize(path) / 2**20:.2f} MB (the run's {args.ckpt}: "
-          f"{os.path.getsize(args.ckpt) / 2**20:.2f} MB), and {', '.join(f'{k}.pt2' for k in examples)}")
+    source = f" (from {args.ckpt}: {os.path.getsize(args.ckpt) / 2**20:.2f} MB)" if os.path.isfile(args.ckpt) else ""
+    print(f"{path}: {os.path.getsize(path) / 2**20:.2f} MB{source}, and {', '.join(f'{k}.pt2' for k in examples)}")
 
 
 # ==================== 6. Pictures: heat colour map, sample grids, image files =======================================
