@@ -147,8 +147,8 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
     positive = {"img_size", "batch_size", "iters", "lr", "log_every", "stop_at", *positive}
     for k, v in vars(args).items():  # every number finite and >= 0; sizes, counts and rates above 0
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if number and not (math.isfinite(v) and (v > 0 if k in positive else v >= 0)):
-            bound = "above 0" if k in positive else "of at least 0"
+        if number and not (abs(v) <= float(np.finfo(np.float32).max) and (v > 0 if k in positive else v >= 0)):
+            bound = "above 0" if k in positive else "of at least 0"  # finite in float32 too (NaN fails <=)
             raise UserError(f"--{k} {v} is out of range: it must be a finite number {bound}.")
     return args
 
