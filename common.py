@@ -904,12 +904,18 @@ def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
                         f"networks and their Adam moments). {kept} after freeing space.") from None
 
 
+def _load_tensors(path, not_ours):
+    """torch.load with weights_only=True (a file of plain data never runs code), else UserError `not_ours` naming
+    torch's exception: never the pickle fallback torch's own message suggests."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{not_ours} (torch.load: {type(e).__name__}).") from None
+
+
 def _read_checkpoint(path, script):
     """The checkpoint dict, after checking that it is a whole one of `script` in this version's layout."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # never the pickle fallback torch's message suggests: a checkpoint holds plain data
-        raise UserError(f"{path} is not a checkpoint of this project (torch.load: {type(e).__name__}).") from None
+    state = _load_tensors(path, f"{path} is not a checkpoint of this project")
     if not isinstance(state, dict) or state.get("script") != script:
         other = state.get("script") if isinstance(state, dict) else None
         raise UserError(f"{path} is a checkpoint of {other or 'something else'}, not of {script}.py; "
@@ -943,11 +949,7 @@ def load_checkpoint(path, script, models, optimizers=None, state=None):
 
 def read_weights(path):
     """A file of tensors (a state dict, or a dict of them) read with weights_only=True, 'module.' prefixes dropped."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only: a weights file holds tensors only, never code to run
-        raise UserError(f"--from_official: {path} is not a PyTorch weights file (torch.load: "
-                        f"{type(e).__name__}).") from None
+    state = _load_tensors(path, f"--from_official: {path} is not a PyTorch weights file")
     if isinstance(state, dict) and "script" in state:
         raise UserError(f"--from_official {path} is a checkpoint of this project ({state['script']}.py), not of the "
                         f"official code: use --ckpt {path} (with --resume to continue training).")
@@ -1279,7 +1281,7 @@ def load_toy_judge(name, size, data_root, device="cpu"):
     """(judge in eval mode, its mean test accuracy), trained once and cached in <data_root>/.toy_judge/."""
     path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px_v{TOY_VERSION}.pt")
     if os.path.isfile(path):
-        saved, judge = torch.load(path, map_location="cpu", weights_only=True), ToyJudge(name)
+        saved, judge = _load_tensors(path, f"{path} is a damaged toy judge cache: delete it to retrain"), ToyJudge(name)
         judge.load_state_dict(saved["state_dict"])
         judge.test_accuracies, accuracy = saved["accuracies"], saved["accuracy"]
     else:
