@@ -386,7 +386,7 @@ def train(args, dist_, device, nets):
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
     pools = {d: ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
-    train_a, train_b = common.two_domain_train_sets(args)
+    train_a, train_b = common.domain_images(args, "train", "A"), common.domain_images(args, "train", "B")
     if args.iters is None:  # CycleGAN's epoch: a pass over the larger domain, all processes together
         epochs, n_images = args.n_epochs + args.n_epochs_decay, max(len(train_a), len(train_b))
         args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
@@ -480,7 +480,7 @@ def test(args, nets, device, step):
     folder, rows = os.path.join(args.out, "test"), []
     for direction, source, _ in common.directions(args):
         batches = [common.input_images(args)] if args.input else common.test_batches(
-            common.test_split(args, source), args)
+            common.domain_images(args, "test", source), args)
         count = 0
         for batch in batches:
             x = batch["image"].to(device)
@@ -509,9 +509,9 @@ def evaluate(args, nets, device):
     """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
     metrics = common.TranslationMetrics(args, device)
     for direction, source, target in common.directions(args):
-        for batch in common.test_batches(common.test_split(args, source), args):
+        for batch in common.test_batches(common.domain_images(args, "test", source), args):
             metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
-        for batch in common.test_batches(common.test_split(args, target), args):
+        for batch in common.test_batches(common.domain_images(args, "test", target), args):
             metrics.add_real(direction, batch)
     metrics.write()
 

@@ -3,7 +3,7 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
 
  1. Flags ............ UserError, cli, add_common_flags, parse_args (presets)
  2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
- 3. Data ............. image folders (ImageFiles, train_batches, test_split, test_batches,
+ 3. Data ............. image folders (ImageFiles, domain_images, train_batches, test_batches,
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
  4. Shared blocks .... lsgan, init_normal
@@ -395,40 +395,28 @@ def dataset_dir(args, layout_help=_layout_help):
     return root
 
 
-def unpaired_split(args, split, domain, train):
-    """ImageFiles for e.g. split 'train', domain 'A': <root>/trainA or <root>/train/A."""
-    root = dataset_dir(args)
-    for folder in (os.path.join(root, split + domain), os.path.join(root, split, domain)):
-        if os.path.isdir(folder):
-            files = list_images(folder)
-            if not files:
-                raise UserError(f"{folder} holds no images ({', '.join(IMG_EXTS)}), so the {split} split of "
-                                f"domain {domain} is empty. {_layout_help(root)}")
-            return ImageFiles(files, args.img_size, train, root=folder)
-    raise UserError(f"{root} has no {split}{domain}/ folder. {_layout_help(root)}")
-
-
-def two_domain_train_sets(args):
-    """(train A, train B); the toy data is seed 0's for every --seed, so runs share their test images."""
+def domain_images(args, split, domain):
+    """One split ('train', 'test') of domain 'A' or 'B': a toy split (with GT masks; seed 0's data for every --seed,
+    so runs share their test images) or the images in <data>/<split><domain> or <data>/<split>/<domain>."""
     if args.data == "toy-attr":
         raise UserError("toy-attr is a multi-attribute dataset (amgan.py, camconsistency.py); "
                         "two-domain scripts take --data toy or toy-shape.")
     if args.data in TOY_NAMES:
-        return ToyDataset(args.data, "train", args.img_size, "A"), ToyDataset(args.data, "train", args.img_size, "B")
-    return unpaired_split(args, "train", "A", True), unpaired_split(args, "train", "B", True)
+        return ToyDataset(args.data, split, args.img_size, domain)
+    root = dataset_dir(args)
+    for folder in (os.path.join(root, split + domain), os.path.join(root, split, domain)):
+        if os.path.isdir(folder):
+            if not (files := list_images(folder)):
+                raise UserError(f"{folder} holds no images ({', '.join(IMG_EXTS)}), so the {split} split of "
+                                f"domain {domain} is empty. {_layout_help(root)}")
+            return ImageFiles(files, args.img_size, split == "train", root=folder)
+    raise UserError(f"{root} has no {split}{domain}/ folder. {_layout_help(root)}")
 
 
 def directions(args):
     """The translations --direction asks for: (name, source domain, target domain)."""
     d = getattr(args, "direction", "both")
     return [("a2b", "A", "B"), ("b2a", "B", "A")] if d == "both" else [(d, d[0].upper(), d[-1].upper())]
-
-
-def test_split(args, domain):
-    """The test split of one domain: a toy split (with GT masks) or <data>/test<domain>."""
-    if args.data in TOY_NAMES:
-        return ToyDataset(args.data, "test", args.img_size, domain)
-    return unpaired_split(args, "test", domain, train=False)
 
 
 def test_batches(dataset, args, batch_size=16):
@@ -529,21 +517,13 @@ class AttributeSet:
         return f"{self.names[group]}={self.values[group][value]}"
 
     def parse_target(self, text):
-        """'color=red,sleeve=long' -> [(group, value), ...]."""
-        pairs = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, _, value = part.partition("=")
-            if name not in self.names or self.names.index(name) not in self.manipulated:
-                raise UserError(f"--target {part}: '{name}' is not a manipulated attribute; choose among "
-                                f"{', '.join(self.names[g] for g in self.manipulated)} (set by --attrs).")
-            g = self.names.index(name)
-            if value not in self.values[g]:
-                raise UserError(f"--target {part}: '{value}' is not a value of {name}; its values are "
-                                f"{', '.join(self.values[g])}.")
-            pairs.append((g, self.values[g].index(value)))
-        if not pairs:
-            raise UserError(f"--target {text!r} names no attribute; e.g. {self.describe(self.manipulated[0], 0)}.")
-        return pairs
+        """'color=red,sleeve=long' -> [(group, value), ...], each a value of a manipulated group."""
+        valid = {self.describe(g, v): (g, v) for g in self.manipulated for v in range(len(self.values[g]))}
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts or (bad := [p for p in parts if p not in valid]):
+            raise UserError(f"--target {text!r}: {repr(bad[0]) if parts else 'nothing'} is not a value of an attribute "
+                            f"that --attrs manipulates; choose among {', '.join(valid)}.")
+        return [valid[p] for p in parts]
 
 
 def select_attributes(names, values, binary, attrs_arg, default, exclusive_names=()):
@@ -608,9 +588,8 @@ def read_labels_csv(path):
             raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
                             f"(filename and {len(names)} attributes), got {len(row)}.")
         row = [c.strip() for c in row]
-        empty = ["filename"] * (not row[0]) + [names[k] for k, c in enumerate(row[1:]) if not c]
-        if empty:
-            raise UserError(f"{path}, line {reader.line_num}: empty cell ({empty[0]}).")
+        if "" in row:
+            raise UserError(f"{path}, line {reader.line_num}: empty cell ({(['filename'] + names)[row.index('')]}).")
         files.append(row[0])
         cells.append(row[1:])
     if not files:
@@ -1012,15 +991,11 @@ class RunLog:
     def __init__(self, args, dist_, start_step, elapsed=0.0):
         self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
         self.t0, self.sums, self.counts = time.time() - elapsed, {}, {}
-        self.first, self.last_saved = start_step + 1, start_step
-        self.rows, self.terms = [], []  # the rows written so far, the loss names of the header
+        self.first, self.last_saved, self.rows = start_step + 1, start_step, []  # rows: those written so far
         if self.main and os.path.exists(self.path):  # a resumed run keeps the rows up to its step
             with open(self.path) as f:
-                reader = csv.DictReader(f)
-                self.rows = [r for r in reader if int(r["step"]) <= start_step]
-                _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # counted on
-            tail = ("step", "lr", "seconds", "skipped_images")
-            self.terms = [k for k in reader.fieldnames if k not in tail] if self.rows else []
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+            _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # counted on
             self._save()
         self.bar = tqdm(total=min(args.iters, args.stop_at or args.iters), initial=start_step, disable=not self.main,
                         dynamic_ncols=True, mininterval=2, desc=os.path.basename(args.out))
@@ -1028,8 +1003,10 @@ class RunLog:
         self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.ctrl_c.append(1))
 
     def _save(self):
+        tail = ["lr", "seconds", "skipped_images"]
+        terms = dict.fromkeys(k for row in self.rows for k in row if k not in ["step", *tail])  # in order of arrival
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, ["step", *self.terms, "lr", "seconds", "skipped_images"], restval="")
+            writer = csv.DictWriter(f, ["step", *terms, *tail], restval="")
             writer.writeheader()
             writer.writerows(self.rows)
 
@@ -1060,7 +1037,6 @@ class RunLog:
         if self.main:
             self.bar.set_postfix({k: row[k] for k in list(values)[:4]}, refresh=False)
             self.rows.append(row)
-            self.terms += [k for k in values if k not in self.terms]
             self._save()
 
     def interrupted(self, step):
@@ -1358,19 +1334,15 @@ def _trace_sqrtm_product(cov1, cov2):
     return float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
 
 
-def fid_from_features(real, fake, eps=1e-6):
-    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), unbiased covariances, float64.
-    The eigh route copes with singular covariances; if it fails, (S1 + eps I)(S2 + eps I) (pytorch-fid)."""
+def fid_from_features(real, fake):
+    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), unbiased covariances, float64; the eigh route
+    is finite for singular covariances too (where pytorch-fid's sqrtm may need + eps I); nan for non-finite features."""
     real, fake = _as_float64(real), _as_float64(fake)
+    if not (np.isfinite(real).all() and np.isfinite(fake).all()):
+        return float("nan")
     mu1, mu2 = real.mean(0), fake.mean(0)
     cov1, cov2 = np.cov(real, rowvar=False, ddof=1), np.cov(fake, rowvar=False, ddof=1)
-    try:
-        trace_sqrt = _trace_sqrtm_product(cov1, cov2)
-    except np.linalg.LinAlgError:
-        trace_sqrt = float("nan")
-    if not math.isfinite(trace_sqrt):
-        trace_sqrt = _trace_sqrtm_product(cov1 + eps * np.eye(len(cov1)), cov2 + eps * np.eye(len(cov1)))
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * _trace_sqrtm_product(cov1, cov2))
 
 
 def _build_fid_inception():

@@ -434,7 +434,7 @@ def train(args, dist_, device, nets, start_step=0):
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    train_a, train_b = common.two_domain_train_sets(args)
+    train_a, train_b = common.domain_images(args, "train", "A"), common.domain_images(args, "train", "B")
     extra = {}
     if args.phase == "train":
         common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
@@ -523,7 +523,7 @@ def test(args, nets, device, step):
     folder, rows = os.path.join(args.out, "test"), []
     for direction, source, _ in common.directions(args):
         batches = [common.input_images(args)] if args.input else common.test_batches(
-            common.test_split(args, source), args)
+            common.domain_images(args, "test", source), args)
         count = 0
         for batch in batches:
             x = batch["image"].to(device)
@@ -552,9 +552,9 @@ def evaluate(args, nets, device):
     """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
     metrics = common.TranslationMetrics(args, device)
     for direction, source, target in common.directions(args):
-        for batch in common.test_batches(common.test_split(args, source), args):
+        for batch in common.test_batches(common.domain_images(args, "test", source), args):
             metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
-        for batch in common.test_batches(common.test_split(args, target), args):
+        for batch in common.test_batches(common.domain_images(args, "test", target), args):
             metrics.add_real(direction, batch)
     metrics.write()
 

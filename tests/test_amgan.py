@@ -375,8 +375,8 @@ def test_without_attention_and_perceptual_losses_no_cnn_is_trained(tmp_path, dat
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--phase", "test", "--target", "color=purple"], "not a value of color"),
-    (["--phase", "test", "--target", "collar=round"], "not a manipulated attribute"),
+    (["--phase", "test", "--target", "color=purple"], "'color=purple' is not a value"),
+    (["--phase", "test", "--target", "collar=round"], "'collar=round' is not a value"),
     (["--phase", "test", "--region", "sleeves"], "with --target"),
     (["--phase", "test", "--target", "sleeve=long", "--region", "torso"], "changes sleeve itself"),
 ])

@@ -191,7 +191,7 @@ def test_bad_target_exits_2_and_keeps_the_checkpoint(tmp_path, data_root):
     camconsistency.main(["--iters", "1", "--out", out, "--data_root", data_root, *TINY])
     before = open(os.path.join(out, "ckpt.pt"), "rb").read()
     r = run_script("camconsistency.py", "--phase", "test", "--out", out, "--target", "color=purple")
-    assert r.returncode == 2 and "not a value of color" in r.stderr
+    assert r.returncode == 2 and "'color=purple' is not a value" in r.stderr
     r = run_script("camconsistency.py", "--out", out, *TINY)
     assert r.returncode == 2 and "already exists" in r.stderr
     assert open(os.path.join(out, "ckpt.pt"), "rb").read() == before

@@ -63,16 +63,16 @@ def test_unpaired_layout_both_styles_and_errors(tmp_path):
         data, data_root, img_size = "d", str(tmp_path), 16
     write_images(tmp_path / "d" / "trainA", 2)
     write_images(tmp_path / "d" / "train" / "B", 3)
-    assert len(common.unpaired_split(A, "train", "A", True)) == 2
-    assert len(common.unpaired_split(A, "train", "B", True)) == 3
+    assert len(common.domain_images(A, "train", "A")) == 2
+    assert len(common.domain_images(A, "train", "B")) == 3
     os.makedirs(tmp_path / "d" / "testA")
     with pytest.raises(common.UserError, match="empty"):
-        common.unpaired_split(A, "test", "A", False)
+        common.domain_images(A, "test", "A")
     with pytest.raises(common.UserError, match="testB"):
-        common.unpaired_split(A, "test", "B", False)
+        common.domain_images(A, "test", "B")
     A.data = "missing"
     with pytest.raises(common.UserError, match="trainA,trainB,testA,testB"):
-        common.unpaired_split(A, "train", "A", True)
+        common.domain_images(A, "train", "A")
 
 
 def test_infinite_sampler_resumes_and_shards():
