@@ -758,15 +758,14 @@ def test(args, attrs, manipulator, device, step):
 
     folder = os.path.join(args.out, "test")
     targets = attrs.parse_target(args.target) if args.target else None
-    if args.input:
-        batch = common.input_images(args)
-        batch["labels"] = torch.stack([logits.argmax(1) for logits in manipulator.cnn(batch["image"].to(device))[2]], 1)
-        batches = [batch]
-    else:
-        batches = common.test_batches(common.attribute_data(args, "test")[1], args)
+    images = common.input_images(args) if args.input else common.attribute_data(args, "test")[1]
     count, inputs, written = 0, [], set()  # written: the <name>_<change> pictures of this run
-    for batch in batches:
-        x, labels = batch["image"].to(device), batch["labels"].to(device)
+    for batch in common.test_batches(images, args):
+        x = batch["image"].to(device)
+        if args.input:  # your own images: their labels come from the attribute CNN
+            labels = torch.stack([logits.argmax(1) for logits in manipulator.cnn(x)[2]], 1)
+        else:
+            labels = batch["labels"].to(device)
         common.save_pictures(os.path.join(folder, "input"), batch["name"], x)
         inputs += batch["name"]
         if targets:  # --target: the manipulations one after the other

@@ -452,16 +452,15 @@ def test(args, attrs, nets, device, step):
     test/index.html shows a row per image: input, then map and output per change."""
     folder = os.path.join(args.out, "test")
     targets = attrs.parse_target(args.target) if args.target else None
-    if args.input:
-        batch = common.input_images(args)
-        with torch.no_grad():
-            batch["labels"] = labels_from_logits(attrs, nets["disc"](batch["image"].to(device))[1].float())
-        batches = [batch]
-    else:
-        batches = common.test_batches(common.attribute_data(args, "test")[1], args)
+    images = common.input_images(args) if args.input else common.attribute_data(args, "test")[1]
     count, inputs, written = 0, [], set()  # written: the <name>_<change> pictures of this run
-    for batch in batches:
-        x, labels = batch["image"].to(device), batch["labels"].to(device)
+    for batch in common.test_batches(images, args):
+        x = batch["image"].to(device)
+        if args.input:  # your own images: their labels come from D's classifier
+            with torch.no_grad():
+                labels = labels_from_logits(attrs, nets["disc"](x)[1].float())
+        else:
+            labels = batch["labels"].to(device)
         common.save_pictures(os.path.join(folder, "input"), batch["name"], x)
         inputs += batch["name"]
         if targets:  # --target: the manipulations one after the other

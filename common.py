@@ -425,14 +425,12 @@ def test_batches(dataset, args, batch_size=16):
 
 
 def input_images(args):
-    """--input: one image file or a folder of them, as one batch {'image', 'name'} at --img_size."""
+    """--input: one image file or a folder of them, as test items {'image', 'name'} at --img_size (for test_batches)."""
     files = [args.input] if os.path.isfile(args.input) else list_images(args.input)
     if not files:
         raise UserError(f"--input {args.input} is neither an image file nor a folder holding images "
                         f"({', '.join(IMG_EXTS)}).")
-    root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
-    items = [ImageFiles(files, args.img_size, train=False, root=root)[i] for i in range(len(files))]
-    return {"image": torch.stack([i["image"] for i in items]), "name": [i["name"] for i in items]}
+    return ImageFiles(files, args.img_size, False, root=args.input if os.path.isdir(args.input) else None)
 
 
 def download_dataset(name, data_root, url=None):

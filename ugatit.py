@@ -522,10 +522,9 @@ def test(args, nets, device, step):
     input, attention and output side by side, a row per image and direction."""
     folder, rows = os.path.join(args.out, "test"), []
     for direction, source, _ in common.directions(args):
-        batches = [common.input_images(args)] if args.input else common.test_batches(
-            common.domain_images(args, "test", source), args)
+        images = common.input_images(args) if args.input else common.domain_images(args, "test", source)
         count = 0
-        for batch in batches:
+        for batch in common.test_batches(images, args):
             x = batch["image"].to(device)
             out, heatmap = translate(nets, x, direction)
             common.save_pictures(os.path.join(folder, "input", source), batch["name"], x)

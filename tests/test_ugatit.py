@@ -137,15 +137,20 @@ def test_train_test_eval_on_toy(tmp_path, data_root):
         assert len(m["toy_kid_subsets_x100"]) == 2 and len(m["toy_kid_blocks_x100"]) == 2
 
 
-def test_test_phase_with_own_images(tmp_path, data_root):
+def test_test_phase_with_own_images(tmp_path, data_root, monkeypatch):
     out = str(tmp_path / "run")
     ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
     photos = tmp_path / "photos"
     os.makedirs(photos / "sub")
     Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(photos / "me.jpg")
-    Image.fromarray(np.full((20, 20), 30, np.uint8)).save(photos / "sub" / "grey.png")
+    for i in range(17):
+        Image.fromarray(np.full((20, 20), 10 * i, np.uint8)).save(photos / "sub" / f"grey{i:02d}.png")
+    sizes, translate = [], ugatit.translate
+    monkeypatch.setattr(ugatit, "translate", lambda nets, x, d: sizes.append(len(x)) or translate(nets, x, d))
     ugatit.main(["--phase", "test", "--out", out, "--input", str(photos), "--direction", "a2b", "--workers", "0"])
+    assert sizes == [16, 2]  # a folder of your own images goes through in test batches, not all at once
     assert sorted(os.listdir(os.path.join(out, "test", "a2b"))) == ["me.png", "me_attention.png", "sub"]
+    assert len(os.listdir(os.path.join(out, "test", "a2b", "sub"))) == 2 * 17
     assert Image.open(os.path.join(out, "test", "a2b", "me.png")).size == (32, 32)
     assert not os.path.exists(os.path.join(out, "test", "b2a"))
 
