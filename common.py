@@ -1332,15 +1332,21 @@ def _trace_sqrtm_product(cov1, cov2):
     return float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
 
 
-def fid_from_features(real, fake):
-    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), unbiased covariances, float64; the eigh route
-    is finite for singular covariances too (where pytorch-fid's sqrtm may need + eps I); nan for non-finite features."""
+def fid_from_features(real, fake, eps=1e-6):
+    """Frechet distance ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), unbiased covariances, float64, nan for
+    non-finite features. The eigh route copes with singular covariances; if it fails, (S1 + eps I)(S2 + eps I)."""
     real, fake = _as_float64(real), _as_float64(fake)
     if not (np.isfinite(real).all() and np.isfinite(fake).all()):
-        return float("nan")
+        return float("nan")  # numpy's eigh would raise
     mu1, mu2 = real.mean(0), fake.mean(0)
     cov1, cov2 = np.cov(real, rowvar=False, ddof=1), np.cov(fake, rowvar=False, ddof=1)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * _trace_sqrtm_product(cov1, cov2))
+    try:
+        trace_sqrt = _trace_sqrtm_product(cov1, cov2)
+    except np.linalg.LinAlgError:
+        trace_sqrt = float("nan")
+    if not math.isfinite(trace_sqrt):  # pytorch-fid's fallback
+        trace_sqrt = _trace_sqrtm_product(cov1 + eps * np.eye(len(cov1)), cov2 + eps * np.eye(len(cov1)))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 
 
 def _build_fid_inception():

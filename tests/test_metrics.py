@@ -233,6 +233,21 @@ def test_fid_with_singular_covariances_is_finite():
     assert abs(fid_from_features(real, real)) < 1e-5 * np.trace(np.cov(real, rowvar=False))
 
 
+def test_fid_falls_back_to_eps_when_the_square_root_fails(monkeypatch):
+    rng = np.random.default_rng(15)
+    real, fake = rng.normal(size=(200, 6)), rng.normal(size=(200, 6)) + 0.2
+    plain = fid_from_features(real, fake)
+    original, calls = METRICS_MODULE._trace_sqrtm_product, []
+
+    def fails_once(cov1, cov2):
+        calls.append(np.diag(cov1).copy())
+        return float("nan") if len(calls) == 1 else original(cov1, cov2)
+
+    monkeypatch.setattr(METRICS_MODULE, "_trace_sqrtm_product", fails_once)
+    assert fid_from_features(real, fake, eps=1e-6) == pytest.approx(plain, abs=1e-4)
+    assert len(calls) == 2 and np.allclose(calls[1] - calls[0], 1e-6)  # the retry used cov + eps I
+
+
 def test_fid_of_non_finite_features_is_nan_not_an_error():
     rng = np.random.default_rng(15)
     real, fake = rng.normal(size=(20, 6)), rng.normal(size=(20, 6))
