@@ -369,8 +369,9 @@ def train_classifier(args, attrs, train_set, device):
 
 @torch.no_grad()
 def classifier_accuracy(cnn, attrs, args, device):
-    _, test_set = common.attribute_data(args, "test")
-    correct, n = torch.zeros(len(attrs.names)), 0
+    _, test_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "test")
+    correct = torch.zeros(len(attrs.names))
+    n = 0
     for batch in torch.utils.data.DataLoader(test_set, batch_size=64, num_workers=args.workers,
                                              generator=torch.Generator()):
         logits = cnn(batch["image"].to(device))[2]
@@ -422,7 +423,10 @@ class Manipulator:
     """AMGAN's forward pass: (x, labels of x, target labels, manipulated group) -> Manipulation."""
 
     def __init__(self, attrs, gen, cnn=None, cam_as_mask=False):
-        self.attrs, self.gen, self.cnn, self.cam_as_mask = attrs, gen, cnn, cam_as_mask
+        self.attrs = attrs
+        self.gen = gen
+        self.cnn = cnn
+        self.cam_as_mask = cam_as_mask
 
     def cam(self, x, labels, group):
         """a*: the frozen CNN's CAM of x for x's own value of `group` (Eq. 8)."""
@@ -500,7 +504,7 @@ def train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, batch, step, 
     # ---------------- Discriminator update (detached fakes) ----------------
     for d in discs:
         d.requires_grad_(True)
-    with common.autocast(args, x.device):
+    with common.autocast(args.amp, x.device):
         with torch.no_grad():
             fake, mask, _, _ = manipulator(x, labels, target, group, cam)
         adv_i, gp_i, cls_i = critic_losses(nets["disc_image"], x, fake, labels, attrs)
@@ -526,7 +530,7 @@ def train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, batch, step, 
         cam = manipulator.cam(x, labels, group)
     for d in discs:
         d.requires_grad_(False)
-    with common.autocast(args, x.device):
+    with common.autocast(args.amp, x.device):
         fake, mask, _, attention = manipulator(x, labels, target, group, cam)
         # inverse manipulation m*: back to the original value of the attribute
         rec = manipulator(fake, target, labels, group).output
@@ -578,14 +582,16 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
     opt_d = common.adam([p for k in ("disc_image", "disc_crop") if k in nets for p in nets[k].parameters()], args.lr,
                         (0.5, 0.999), device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    start_step, extra = 0, {}
-    if args.phase == "train":
-        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    start_step = 0
+    extra = {}
+    if args.phase == "train":  # refuses to overwrite a run; writes args.json
+        common.prepare_out(args.out, args.ckpt, vars(args), args.resume, dist_.main)
     if args.resume:
         ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
         start_step, extra = ckpt["step"], ckpt["extra"]
     dist_.broadcast(nets.values())
-    batches = common.train_batches(train_set, args, device, dist_, start_step, labels=True)
+    batches = common.train_batches(train_set, args.batch_size, args.workers, args.seed, device, dist_, start_step,
+                                   labels=True)
     if args.resume:  # after the data stream, which draws its seed from the global RNG
         common.set_rng_state(ckpt["rng"])
     if cnn is None and needs_cnn(args):
@@ -605,7 +611,7 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
         draws.set_state(extra["draws"])
 
     if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
-        bench = common.Bench(args, device)
+        bench = common.Bench(device, args.img_size, args.batch_size, args.amp, args.compile)
         for step in bench.steps():
             losses = train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, next(batches), step, draws, dist_)
         bench.report(losses)
@@ -615,7 +621,8 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
     sample_x = torch.stack([s["image"] for s in samples]).to(device)
     sample_labels = torch.stack([s["labels"] for s in samples]).to(device)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
+    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         lr = common.linear_decay(step, args.lr, args.iters, args.iters / 2)
         common.set_lr([opt_g, opt_d], lr)
@@ -631,8 +638,8 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
         if save or interrupted:
             log.write(step, lr)
             if dist_.main:
-                extra = {"elapsed": log.seconds(), "draws": draws.get_state()}
-                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, extra)
+                extra = {"elapsed": log.seconds(), "draws": draws.get_state(), "attributes": attrs.state()}
+                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
             log.last_saved = step
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
@@ -660,7 +667,9 @@ class RegionManipulator:
     manipulation (e.g. sleeve=sleeveless), values below --region_threshold set to 0 (Sec. 4)."""
 
     def __init__(self, attrs, manipulator, region_from, threshold):
-        self.attrs, self.manipulator, self.threshold = attrs, manipulator, threshold
+        self.attrs = attrs
+        self.manipulator = manipulator
+        self.threshold = threshold
         (self.region_group, self.region_value), = attrs.parse_target(region_from)
 
     def region(self, x, labels):
@@ -682,7 +691,7 @@ def region_metrics(args, attrs, manipulator, regions, device):
     colour, sleeve = attrs.names.index("color"), attrs.names.index("sleeve")
     inside = {k: torch.zeros(2, dtype=torch.float64) for k in ("sleeves_confined", "sleeves_plain", "torso_confined",
                                                                 "torso_plain")}
-    _, test_set = common.attribute_data(args, "test")
+    _, test_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "test")
     for batch in torch.utils.data.DataLoader(test_set, batch_size=16, num_workers=args.workers):
         keep = batch["labels"][:, sleeve] != attrs.values[sleeve].index("sleeveless")
         x, labels = batch["image"][keep].to(device), batch["labels"][keep].to(device)
@@ -758,9 +767,14 @@ def test(args, attrs, manipulator, device, step):
 
     folder = os.path.join(args.out, "test")
     targets = attrs.parse_target(args.target) if args.target else None
-    images = common.input_images(args) if args.input else common.attribute_data(args, "test")[1]
-    count, inputs, written = 0, [], set()  # written: the <name>_<change> pictures of this run
-    for batch in common.test_batches(images, args):
+    if args.input:
+        images = common.input_images(args.input, args.img_size)
+    else:
+        images = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "test")[1]
+    count = 0
+    inputs = []
+    written = set()  # the <name>_<change> pictures of this run
+    for batch in common.test_batches(images, args.workers):
         x = batch["image"].to(device)
         if args.input:  # your own images: their labels come from the attribute CNN
             labels = torch.stack([logits.argmax(1) for logits in manipulator.cnn(x)[2]], 1)
@@ -797,21 +811,15 @@ def test(args, attrs, manipulator, device, step):
     print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
 
 
-def export(args, attrs, gen, step):
-    """--phase export: G alone -> <out>/export/: generators.pt (--export_dtype) and gen.pt2, the torch.export
-    program (fp32) of G(x, manipulation code) for a batch of any size at --img_size."""
-    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
-    code = torch.zeros(2, attrs.c_dim + len(attrs.manipulated))
-    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, {"gen": gen}, {"gen": (x, code)})
-
-
 @torch.no_grad()
 def evaluate(args, attrs, manipulator, device):
-    """--phase eval: the attribute metrics of SPEC section 3 for every single change of the test
-    split, and on toy-attr the region-specific manipulation's -> <out>/metrics.json."""
-    _, test_set = common.attribute_data(args, "test")
-    metrics = common.AttributeMetrics(args, attrs, test_set, device)
-    for batch in common.test_batches(test_set, args):
+    """--phase eval: the attribute metrics (accuracy, preservation, attention, retrieval; on real data KID/FID)
+    for every single change of the test split, and on toy-attr the region-specific manipulation's ->
+    <out>/metrics.json."""
+    _, test_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "test")
+    metrics = common.AttributeMetrics(attrs, test_set, args.data, args.img_size, args.data_root, args.ckpt, device,
+                                      args.workers, args.inception_weights)
+    for batch in common.test_batches(test_set, args.workers):
         x, labels = batch["image"].to(device), batch["labels"].to(device)
         for group, value, target, valid in attrs.changes(labels):
             if valid.any():
@@ -825,7 +833,8 @@ def evaluate(args, attrs, manipulator, device):
     common.write_metrics(args.out, results)
 
 
-def main(argv=None):
+def parse_flags(argv=None):
+    """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="AMGAN (Ak et al., ICCV 2019): attribute manipulation with attention, CAM guidance and a crop D.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -872,14 +881,22 @@ def main(argv=None):
         args.lambda_p = 20.0 if args.perceptual == "conv5+avgpool" else 10.0
     args.classifier = args.classifier or os.path.join(args.out, "classifier.pt")
     check_args(args)
-    attrs, train_set = common.attribute_data(args, "train")
+    return args
 
+
+def main(argv=None):
+    args = parse_flags(argv)
+    if args.phase in ("test", "eval"):  # the checkpoint holds the attribute set: --input needs no dataset
+        state = common.read_checkpoint(args.ckpt, SCRIPT)
+        attrs = common.checkpoint_attributes(state, args.data, args.data_root, args.attrs)
+    else:
+        attrs, train_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "train")
     if args.phase == "classifier":
         os.makedirs(args.out, exist_ok=True)
-        train_classifier(args, attrs, train_set, common.pick_device(args))
+        train_classifier(args, attrs, train_set, common.pick_device(args.device))
         return
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
-    device = common.pick_device(args, dist_.local_rank)
+    device = common.pick_device(args.device, dist_.local_rank, args.amp)
     common.seed_everything(args.seed)
     nets = build_networks(args, attrs)
     for net in nets.values():
@@ -887,19 +904,17 @@ def main(argv=None):
     if args.compile:  # G only: the gradient penalties differentiate through the Ds twice (deviation 7)
         nets["gen"].compile()
     cnn = load_classifier(args, attrs, device) if os.path.isfile(args.classifier) else None
-    if args.phase in ("test", "eval", "export"):
-        if cnn is None and args.phase != "export" and (args.cam_as_mask or (args.phase == "test" and args.input)):
+    if args.phase in ("test", "eval"):
+        if cnn is None and (args.cam_as_mask or (args.phase == "test" and args.input)):
             raise common.UserError(f"no attribute CNN at {args.classifier}: "
                                    f"{'--cam_as_mask' if args.cam_as_mask else '--input'} needs it; train it with "
                                    f"--phase classifier (or point --classifier at it).")
-        nets, step = common.load_for_inference(args, SCRIPT, {"gen": nets["gen"]}, device)  # translation: G only
+        nets, step = common.load_for_inference(args.ckpt, SCRIPT, {"gen": nets["gen"]}, state)  # translation: G only
         manipulator = Manipulator(attrs, nets["gen"], cnn, args.cam_as_mask)
         if args.phase == "test":
             test(args, attrs, manipulator, device, step)
-        elif args.phase == "eval":
-            evaluate(args, attrs, manipulator, device)
         else:
-            export(args, attrs, nets["gen"], step)
+            evaluate(args, attrs, manipulator, device)
     else:
         train(args, attrs, train_set, dist_, device, nets, cnn)
     dist_.close()

@@ -42,7 +42,6 @@ import argparse
 import math
 import os
 import random
-import re
 
 import torch
 import torch.nn as nn
@@ -62,7 +61,7 @@ RELEASED_PRESET = dict(n_epochs=60, n_epochs_decay=0, batch_size=4)
 # =============================================================================================
 
 
-class ResnetBlock(nn.Module):
+class ResidualBlock(nn.Module):
     """CycleGAN's residual block: x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x)."""
 
     def __init__(self, dim):
@@ -80,7 +79,7 @@ def encoder(ngf, n_res):
     layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
     for mult in (1, 2):
         layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
-    layers += [ResnetBlock(ngf * 4) for _ in range(n_res)]
+    layers += [ResidualBlock(ngf * 4) for _ in range(n_res)]
     return nn.Sequential(*layers)
 
 
@@ -152,7 +151,7 @@ class PatchGAN(nn.Module):
         return self.model(x)
 
 
-def check_img_size(args):
+def check_args(args):
     """Exit 2 on an image size the networks cannot take."""
     if args.img_size % 4 or args.img_size < 32:
         raise common.UserError(f"--img_size {args.img_size} does not work: the generator halves the image twice and "
@@ -191,73 +190,6 @@ def start_with_background(gen, p):
             last.bias[3] = math.log((1 - p) / p)  # sigmoid foreground 1 - p
 
 
-# ---------------- The released models (--from_official) ----------------
-
-# official file name (<epoch>_net_<X>.pth) -> our network; D_A judges domain B (real_B and G_A's fakes)
-OFFICIAL_NETS = {"G_A": "gen_a2b", "G_B": "gen_b2a", "D_A": "disc_b", "D_B": "disc_a"}
-# ResnetGenerator_our key -> ours: (pattern, replacement) applied in order to every key; the PatchGAN's keys
-# (model.<i>.weight/bias) are ours already
-OFFICIAL_GEN_KEYS = ((r"^conv1\.", "encoder.1."), (r"^conv2\.", "encoder.4."), (r"^conv3\.", "encoder.7."),
-                     (r"^resnet_blocks\.(\d+)\.conv1\.", lambda m: f"encoder.{10 + int(m[1])}.block.1."),
-                     (r"^resnet_blocks\.(\d+)\.conv2\.", lambda m: f"encoder.{10 + int(m[1])}.block.5."),
-                     (r"^deconv1_content\.", "content_decoder.0."), (r"^deconv2_content\.", "content_decoder.3."),
-                     (r"^deconv3_content\.", "content_decoder.7."),
-                     (r"^deconv1_attention\.", "attention_decoder.0."),
-                     (r"^deconv2_attention\.", "attention_decoder.3."),
-                     (r"^deconv3_attention\.", "attention_decoder.6."))
-
-
-def official_hints(files, args):
-    """[(applies, the flag that would fit)]: the networks of the released files, read from their shapes."""
-    gen, disc = files["G_A"], files.get("D_A", {})
-    ngf, n_masks = gen["conv1.weight"].shape[0], gen["deconv3_attention.weight"].shape[0]
-    n_res = len({k.split(".")[1] for k in gen if k.startswith("resnet_blocks.")})
-    hints = [(args.scheme != "II", "the released generators are Scheme II: add --scheme II"),
-             (args.ngf != ngf, f"the file's generators have {ngf} base channels: add --ngf {ngf}"),
-             (args.n_res != n_res, f"the file has {n_res} residual blocks: add --n_res {n_res}"),
-             (args.n_masks != n_masks, f"the file's generators make {n_masks} attention masks: "
-                                       f"add --n_masks {n_masks}")]
-    if "model.0.weight" in disc:
-        ndf = disc["model.0.weight"].shape[0]
-        hints.append((args.ndf != ndf, f"the file's discriminators have {ndf} base channels: add --ndf {ndf}"))
-    return hints
-
-
-def load_official(path, nets, args):
-    """Load AttentionGAN's released networks (Ha0Tang/AttentionGAN) into `nets`.
-
-    Layout: scripts/download_attentiongan_model.sh <name> unpacks checkpoints/<name>_pretrained/ with
-    latest_net_G_A.pth (A->B, our gen_a2b) and latest_net_G_B.pth (B->A), plain state dicts of
-    networks.ResnetGenerator_our (Scheme II); a training run of the official code also writes
-    <epoch>_net_D_A.pth (the PatchGAN that judges domain B: our disc_b) and <epoch>_net_D_B.pth (disc_a),
-    loaded when present. `path` is that folder (latest_net_*) or one of the G files in it. Keys are renamed
-    by name: conv1/2/3 -> the encoder's convs, resnet_blocks.<i>.conv1/2 -> its residual blocks,
-    deconv1/2/3_content and _attention -> the two decoders; a 'module.' prefix is dropped; InstanceNorm
-    keeps no statistics there or here (running_* keys of older files are dropped, as the official loader
-    does). Returns the names of the networks loaded."""
-    if os.path.isdir(path):
-        prefix = os.path.join(path, "latest_net_")
-    elif found := re.match(r"(.*net_)G_[AB]\.pth$", path):
-        prefix = found[1]
-    else:
-        raise common.UserError(f"--from_official {path}: expected the folder of a released model "
-                               f"(checkpoints/<name>_pretrained, holding latest_net_G_A.pth and latest_net_G_B.pth) "
-                               f"or one of those G files.")
-    files = {}
-    for name in OFFICIAL_NETS:
-        file = f"{prefix}{name}.pth"
-        if os.path.isfile(file):
-            files[name] = {k: v for k, v in common.read_weights(file).items()
-                           if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-        elif name.startswith("G"):
-            raise common.UserError(f"--from_official {path}: {file} does not exist; a released model has "
-                                   f"latest_net_G_A.pth and latest_net_G_B.pth "
-                                   f"(scripts/download_attentiongan_model.sh).")
-    states = {OFFICIAL_NETS[name]: common.rename_keys(state, OFFICIAL_GEN_KEYS if name.startswith("G") else ())
-              for name, state in files.items()}
-    common.load_renamed(path, nets, states, lambda: official_hints(files, args))
-    return list(states)
-
 # =============================================================================================
 # Losses (LSGAN is common.lsgan: mean (x - target)^2, the official gan_mode lsgan)
 # =============================================================================================
@@ -276,7 +208,9 @@ class ImagePool:
     Items are tuples of tensors: (image,), or (image, mask) for Scheme I's attention-guided Ds."""
 
     def __init__(self, size, seed=0):
-        self.size, self.items, self.rng = size, [], random.Random(seed)
+        self.size = size
+        self.items = []
+        self.rng = random.Random(seed)
 
     def query(self, *tensors):
         if self.size == 0:
@@ -318,11 +252,14 @@ def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_):
     # ---------------- Generator update ----------------
     for d in discs:
         d.requires_grad_(False)
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         # one call per generator: translation and identity mapping (deviation 2)
         out_a2b, att_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
         out_b2a, att_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
-        fake_b, idt_b, fake_a, idt_a = out_a2b[:n], out_a2b[n:], out_b2a[:n], out_b2a[n:]
+        fake_b = out_a2b[:n]
+        idt_b = out_a2b[n:]
+        fake_a = out_b2a[:n]
+        idt_a = out_b2a[n:]
         rec_a, _, _ = gen_b2a(fake_b)
         rec_b, _, _ = gen_a2b(fake_a)
         # L_GAN(G, D_Y) (adversarial loss, LSGAN form): E_x[(D_Y(G(x)) - 1)^2], and the same for F, D_X
@@ -350,7 +287,7 @@ def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_):
     # ---------------- Discriminator update (pooled, detached fakes) ----------------
     for d in discs:
         d.requires_grad_(True)
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         d_loss = 0.0
         pairs_by_domain = (("a", real_a, fake_a, att_b2a[:n, :1]), ("b", real_b, fake_b, att_a2b[:n, :1]))
         for domain, real, fake, mask in pairs_by_domain:
@@ -386,13 +323,14 @@ def train(args, dist_, device, nets):
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
     pools = {d: ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
-    train_a, train_b = common.domain_images(args, "train", "A"), common.domain_images(args, "train", "B")
+    train_a = common.domain_images(args.data, args.data_root, args.img_size, "train", "A")
+    train_b = common.domain_images(args.data, args.data_root, args.img_size, "train", "B")
     if args.iters is None:  # CycleGAN's epoch: a pass over the larger domain, all processes together
         epochs, n_images = args.n_epochs + args.n_epochs_decay, max(len(train_a), len(train_b))
         args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
     start_step, extra = 0, {}
-    if args.phase == "train":
-        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.phase == "train":  # refuses to overwrite a run; writes args.json
+        common.prepare_out(args.out, args.ckpt, vars(args), args.resume, dist_.main)
     if args.resume:  # a resumed run continues with its saved pools
         ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
         start_step, extra = ckpt["step"], ckpt["extra"]
@@ -400,13 +338,13 @@ def train(args, dist_, device, nets):
             if f"pool_{d}" in extra:
                 pool.load_state_dict(extra[f"pool_{d}"], device)
     dist_.broadcast(nets.values())
-    batches_a = common.train_batches(train_a, args, device, dist_, start_step, seed_offset=0)
-    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    batches_a = common.train_batches(train_a, args.batch_size, args.workers, args.seed, device, dist_, start_step)
+    batches_b = common.train_batches(train_b, args.batch_size, args.workers, args.seed + 1, device, dist_, start_step)
     if args.resume:  # after the data streams, which draw their seeds from the global RNG
         common.set_rng_state(ckpt["rng"])
 
     if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
-        bench = common.Bench(args, device)
+        bench = common.Bench(device, args.img_size, args.batch_size, args.amp, args.compile)
         for _ in bench.steps():
             losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_)
         bench.report(losses)
@@ -416,7 +354,8 @@ def train(args, dist_, device, nets):
     sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
     decay_start = args.iters * args.n_epochs / max(1, args.n_epochs + args.n_epochs_decay)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
+    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
@@ -432,7 +371,7 @@ def train(args, dist_, device, nets):
             log.write(step, lr)
             if dist_.main:
                 extra = {"elapsed": log.seconds(), **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
-                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, extra)
+                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
             log.last_saved = step
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
@@ -477,11 +416,15 @@ def test(args, nets, device, step):
     """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
     (or the --input images), the inputs as test/input/<domain>/<name>.png, and test/index.html showing
     input, attention and output side by side, a row per image and direction."""
-    folder, rows = os.path.join(args.out, "test"), []
-    for direction, source, _ in common.directions(args):
-        images = common.input_images(args) if args.input else common.domain_images(args, "test", source)
+    folder = os.path.join(args.out, "test")
+    rows = []
+    for direction, source, _ in common.directions(args.direction):
+        if args.input:
+            images = common.input_images(args.input, args.img_size)
+        else:
+            images = common.domain_images(args.data, args.data_root, args.img_size, "test", source)
         count = 0
-        for batch in common.test_batches(images, args):
+        for batch in common.test_batches(images, args.workers):
             x = batch["image"].to(device)
             out, attention = translate(nets, x, direction)
             common.save_pictures(os.path.join(folder, "input", source), batch["name"], x)
@@ -494,28 +437,23 @@ def test(args, nets, device, step):
                             ["input", "attention", "output"], rows)
 
 
-def export(args, nets, step):
-    """--phase export: the networks translation needs -> <out>/export/: generators.pt (--export_dtype) and
-    <name>.pt2 per network, the torch.export program (fp32) for a batch of any size at --img_size."""
-    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
-    translators = {k: nets[k] for k in ("gen_a2b", "gen_b2a")}
-    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, translators,
-                           {k: (x,) for k in translators})
-
-
 @torch.no_grad()
 def evaluate(args, nets, device):
-    """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
-    metrics = common.TranslationMetrics(args, device)
-    for direction, source, target in common.directions(args):
-        for batch in common.test_batches(common.domain_images(args, "test", source), args):
+    """--phase eval: the toy metrics (or KID/FID) on the test split -> <out>/metrics.json."""
+    metrics = common.TranslationMetrics(args.data, args.img_size, args.data_root, args.ckpt, device,
+                                        args.inception_weights)
+    for direction, source, target in common.directions(args.direction):
+        sources = common.domain_images(args.data, args.data_root, args.img_size, "test", source)
+        for batch in common.test_batches(sources, args.workers):
             metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
-        for batch in common.test_batches(common.domain_images(args, "test", target), args):
+        targets = common.domain_images(args.data, args.data_root, args.img_size, "test", target)
+        for batch in common.test_batches(targets, args.workers):
             metrics.add_real(direction, batch)
-    metrics.write()
+    common.write_metrics(args.out, metrics.summary())
 
 
-def main(argv=None):
+def parse_flags(argv=None):
+    """The command line -> the run's flags: a preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="AttentionGAN (Tang et al., TNNLS 2021): attention-guided unpaired image-to-image translation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -542,42 +480,30 @@ def main(argv=None):
     add("--preset", default="paper", choices=["paper", "released"],
         help="real data: 'released' trains like the released models (60 epochs, batch 4, constant lr)")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
-    add("--from_official", default=None, metavar="PATH",
-        help="test, evaluate or start training from a released model: its folder checkpoints/<name>_pretrained "
-             "(latest_net_G_A.pth, latest_net_G_B.pth; D_A, D_B when present) or one of its G files")
     known, _ = parser.parse_known_args(argv)
     real_preset = {"iters": None, **(RELEASED_PRESET if known.preset == "released" else {})}
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS,
                              positive=("ngf", "ndf"))
-    check_img_size(args)
-    if args.from_official and args.resume:
-        raise common.UserError("--from_official starts a new run and --resume continues one: give one of them.")
+    check_args(args)
+    return args
 
+
+def main(argv=None):
+    args = parse_flags(argv)
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
-    device = common.pick_device(args, dist_.local_rank)
+    device = common.pick_device(args.device, dist_.local_rank, args.amp)
     common.seed_everything(args.seed)
     nets = build_networks(args)
-    if args.from_official:
-        loaded = load_official(args.from_official, nets, args)
-        fresh = [name for name in nets if name not in loaded and args.phase == "train"]
-        print(f"loaded {', '.join(loaded)} from {args.from_official}"
-              + (f"; {', '.join(fresh)} start from random weights (no file for them)" if fresh else ""))
     for net in nets.values():
         common.to_device(net, device)
         if args.compile:
             net.compile()
-    if args.phase in ("test", "eval", "export"):
-        if args.from_official:
-            args.ckpt, step = args.from_official, 0  # the weights metrics.json names
-            nets = {k: m.eval() for k, m in nets.items()}
-        else:
-            nets, step = common.load_for_inference(args, SCRIPT, nets, device)
+    if args.phase in ("test", "eval"):
+        nets, step = common.load_for_inference(args.ckpt, SCRIPT, nets)
         if args.phase == "test":
             test(args, nets, device, step)
-        elif args.phase == "eval":
-            evaluate(args, nets, device)
         else:
-            export(args, nets, step)
+            evaluate(args, nets, device)
     else:
         train(args, dist_, device, nets)
     dist_.close()

@@ -35,7 +35,7 @@ Deviations from the paper / official StarGAN code:
     translates twice with the same weights); real and fake images go through D in one call.
  4. InstanceNorm keeps no running statistics (StarGAN's track_running_stats=True makes eval-mode
     outputs depend on averaged statistics; parameters are unchanged: 8,430,528 / 44,762,048 for
-    5 CelebA attributes at 128 px, as the official code). --from_official drops them from StarGAN's
+    5 CelebA attributes at 128 px, as the official code). tools/official.py drops them from StarGAN's
     files: its test never calls .eval(), so it too normalises each image by its own statistics.
  5. Categorical attribute groups (toy-attr, labels.csv) are one-hot blocks with a cross-entropy
     each, as StarGAN does for RaFD; CelebA's attributes are binary with BCE. The CelebA test split
@@ -48,7 +48,6 @@ Deviations from the paper / official StarGAN code:
 """
 import argparse
 import os
-import re
 
 import torch
 import torch.nn as nn
@@ -150,76 +149,6 @@ def build_networks(args, attrs):
 
 
 
-# ---------------- StarGAN's released networks (--from_official) ----------------
-
-STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # StarGAN's unused InstanceNorm buffers
-# StarGAN D key -> ours: (pattern, replacement) applied in order to every key
-OFFICIAL_DISC_KEYS = ((r"^main\.(\d+)\.", lambda m: f"blocks.{int(m[1]) // 2}.0."), (r"^conv1\.", "out_src."),
-                      (r"^conv2\.", "out_cls."))
-
-
-def official_gen_keys(state):
-    """StarGAN G key -> ours. G is one Sequential `main`; its last conv (the highest main.<i>.weight)
-    is our to_image, the residual blocks' inner `main` our `block`, everything else `body`."""
-    last = max(int(k.split(".")[1]) for k in state if re.fullmatch(r"main\.\d+\.weight", k))
-    return ((rf"^main\.{last}\.", "to_image.0."), (r"^main\.(\d+)\.main\.", r"body.\1.block."),
-            (r"^main\.", "body."))
-
-
-def official_hints(files, args, c_dim):
-    """[(applies, the flag that would fit)]: the networks of the released files, read from their shapes."""
-    gen, disc = files["gen"], files.get("disc")
-    file_c_dim, conv_dim = gen["main.0.weight"].shape[1] - 3, gen["main.0.weight"].shape[0]
-    n_res = len({k.split(".")[1] for k in gen if re.match(r"main\.\d+\.main\.", k)})
-    hints = [(file_c_dim != c_dim, f"the file's G takes {file_c_dim} attribute labels and these flags give {c_dim}: "
-              f"choose {file_c_dim} with --attrs (the CelebA release: --attrs Black_Hair,Blond_Hair,Brown_Hair,Male,"
-              f"Young)"),
-             (args.conv_dim != conv_dim, f"the file's G has {conv_dim} base channels: add --conv_dim {conv_dim}"),
-             (args.n_res != n_res, f"the file's G has {n_res} residual blocks: add --n_res {n_res}")]
-    if disc:
-        d_conv_dim = disc["main.0.weight"].shape[0]
-        d_layers = sum(1 for k in disc if re.fullmatch(r"main\.\d+\.weight", k))
-        img_size = disc["conv2.weight"].shape[-1] * 2 ** d_layers  # out_cls covers the whole last map
-        hints += [(args.d_conv_dim != d_conv_dim, f"the file's D has {d_conv_dim} base channels: "
-                   f"add --d_conv_dim {d_conv_dim}"),
-                  (args.d_layers != d_layers, f"the file's D has {d_layers} blocks: add --d_layers {d_layers}"),
-                  (args.img_size != img_size, f"the file's D takes {img_size} px images: add --img_size {img_size}")]
-    return hints
-
-
-def load_official(path, nets, args):
-    """Load StarGAN's released networks (yunjey/stargan) into `nets` -> the names loaded.
-
-    Layout: solver.py saves <model_save_dir>/<iter>-G.ckpt and <iter>-D.ckpt, plain state dicts of
-    model.py's Generator and Discriminator; the CelebA releases (download.sh pretrained-celeba-128x128 /
-    -256x256) are 200000-G.ckpt and 200000-D.ckpt in stargan_celeba_<size>/models/, c_dim 5
-    (Black_Hair, Blond_Hair, Brown_Hair, Male, Young). `path` is the -G.ckpt file; the -D.ckpt beside it
-    is loaded when present (training needs it). Keys are renamed by name (official_gen_keys,
-    OFFICIAL_DISC_KEYS). StarGAN's InstanceNorm has track_running_stats=True, so G's file also holds
-    running_mean, running_var and num_batches_tracked; they are dropped: StarGAN's test never calls
-    .eval(), so it normalises with each image's own statistics, as our InstanceNorm always does
-    (deviation 4), and the outputs are the same."""
-    if not re.search(r"-G\.ckpt$", path) or not os.path.isfile(path):
-        raise common.UserError(f"--from_official {path}: expected StarGAN's generator file <iter>-G.ckpt (e.g. "
-                               f"stargan_celeba_128/models/200000-G.ckpt, from download.sh pretrained-celeba-128x128)"
-                               f"{'' if os.path.isfile(path) else ', and there is no such file'}.")
-    files = {"gen": {k: v for k, v in common.read_weights(path).items() if not k.endswith(STATISTICS)}}
-    disc_path = re.sub(r"-G\.ckpt$", "-D.ckpt", path)
-    if os.path.isfile(disc_path):
-        files["disc"] = common.read_weights(disc_path)
-    elif args.phase == "train":
-        raise common.UserError(f"--from_official {path}: training starts from G and D, and there is no {disc_path} "
-                               f"beside it. Put StarGAN's D file there, or use the G file for --phase test/eval.")
-    try:
-        states = {"gen": common.rename_keys(files["gen"], official_gen_keys(files["gen"]))}
-    except ValueError:  # no main.<i>.weight at all
-        states = {"gen": files["gen"]}
-    if "disc" in files:
-        states["disc"] = common.rename_keys(files["disc"], OFFICIAL_DISC_KEYS)
-    c_dim = nets["gen"].body[0].in_channels - 3
-    common.load_renamed(path, nets, states, lambda: official_hints(files, args, c_dim))
-    return list(states)
-
 # =============================================================================================
 # Grad-CAM and the losses: CAM-consistency, StarGAN's gradient penalty and classification
 # =============================================================================================
@@ -295,7 +224,7 @@ def train_step(args, attrs, nets, opt_g, opt_d, real, labels, step, dist_):
     zero = torch.zeros((), device=real.device)
 
     # ---------------- Discriminator update ----------------
-    with common.autocast(args, real.device):
+    with common.autocast(args.amp, real.device):
         with torch.set_grad_enabled(update_g):  # on G iterations the translation is reused below
             fake = gen(real, c_trg)
         src, cls, feature = disc(torch.cat([real, fake.detach()]), feature_layer=args.cam_layer)
@@ -320,7 +249,7 @@ def train_step(args, attrs, nets, opt_g, opt_d, real, labels, step, dist_):
     # ---------------- Generator update (every n_critic iterations) ----------------
     if update_g:
         disc.requires_grad_(False)
-        with common.autocast(args, real.device):
+        with common.autocast(args.amp, real.device):
             rec = gen(fake, c_org)
             src, cls, feature = disc(fake, feature_layer=args.cam_layer)
             # L_adv^G = -E[D_src(G(x, c))] (StarGAN Eq. 1, WGAN-GP, generator side)
@@ -354,19 +283,21 @@ def train(args, attrs, train_set, dist_, device, nets):
     opt_g = common.adam(nets["gen"].parameters(), args.lr, (0.5, 0.999), device)
     opt_d = common.adam(nets["disc"].parameters(), args.lr, (0.5, 0.999), device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    start_step, extra = 0, {}
-    if args.phase == "train":
-        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    start_step = 0
+    extra = {}
+    if args.phase == "train":  # refuses to overwrite a run; writes args.json
+        common.prepare_out(args.out, args.ckpt, vars(args), args.resume, dist_.main)
     if args.resume:
         ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
         start_step, extra = ckpt["step"], ckpt["extra"]
     dist_.broadcast(nets.values())
-    batches = common.train_batches(train_set, args, device, dist_, start_step, labels=True)
+    batches = common.train_batches(train_set, args.batch_size, args.workers, args.seed, device, dist_, start_step,
+                                   labels=True)
     if args.resume:  # after the data stream, which draws its seed from the global RNG
         common.set_rng_state(ckpt["rng"])
 
     if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
-        bench = common.Bench(args, device)
+        bench = common.Bench(device, args.img_size, args.batch_size, args.amp, args.compile)
         for step in bench.steps():
             losses = train_step(args, attrs, nets, opt_g, opt_d, *next(batches), step, dist_)
         bench.report(losses)
@@ -377,7 +308,8 @@ def train(args, attrs, train_set, dist_, device, nets):
     sample_labels = torch.stack([f["labels"] for f in fixed]).to(device)
     decay_start = args.iters - (args.iters // 2 if args.iters_decay is None else args.iters_decay)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
+    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
@@ -394,7 +326,8 @@ def train(args, attrs, train_set, dist_, device, nets):
         if save or interrupted:
             log.write(step, lr)
             if dist_.main:
-                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, {"elapsed": log.seconds()})
+                extra = {"elapsed": log.seconds(), "attributes": attrs.state()}
+                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
             log.last_saved = step
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
@@ -452,9 +385,14 @@ def test(args, attrs, nets, device, step):
     test/index.html shows a row per image: input, then map and output per change."""
     folder = os.path.join(args.out, "test")
     targets = attrs.parse_target(args.target) if args.target else None
-    images = common.input_images(args) if args.input else common.attribute_data(args, "test")[1]
-    count, inputs, written = 0, [], set()  # written: the <name>_<change> pictures of this run
-    for batch in common.test_batches(images, args):
+    if args.input:
+        images = common.input_images(args.input, args.img_size)
+    else:
+        images = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "test")[1]
+    count = 0
+    inputs = []
+    written = set()  # the <name>_<change> pictures of this run
+    for batch in common.test_batches(images, args.workers):
         x = batch["image"].to(device)
         if args.input:  # your own images: their labels come from D's classifier
             with torch.no_grad():
@@ -494,20 +432,13 @@ def test(args, attrs, nets, device, step):
     print(f"{count} manipulated images{maps} in {folder}")
 
 
-def export(args, attrs, gen, step):
-    """--phase export: G alone -> <out>/export/: generators.pt (--export_dtype) and gen.pt2, the torch.export
-    program (fp32) of G(x, c) for a batch of any size at --img_size."""
-    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
-    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, {"gen": gen},
-                           {"gen": (x, torch.zeros(2, attrs.c_dim))})
-
-
 def evaluate(args, attrs, nets, device):
-    """--phase eval: the attribute metrics of SPEC section 3 for every single change of the test
-    split -> <out>/metrics.json."""
-    _, test_set = common.attribute_data(args, "test")
-    metrics = common.AttributeMetrics(args, attrs, test_set, device)
-    for batch in common.test_batches(test_set, args):
+    """--phase eval: the attribute metrics (accuracy, preservation, Grad-CAM, retrieval; on real data KID/FID)
+    for every single change of the test split -> <out>/metrics.json."""
+    _, test_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "test")
+    metrics = common.AttributeMetrics(attrs, test_set, args.data, args.img_size, args.data_root, args.ckpt, device,
+                                      args.workers, args.inception_weights)
+    for batch in common.test_batches(test_set, args.workers):
         x, labels = batch["image"].to(device), batch["labels"].to(device)
         for group, value, target, valid in attrs.changes(labels):
             if valid.any():
@@ -517,7 +448,8 @@ def evaluate(args, attrs, nets, device):
     common.write_metrics(args.out, metrics.summary())
 
 
-def main(argv=None):
+def parse_flags(argv=None):
+    """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="StarGAN with the CAM-consistency loss (Kim et al., CVPR 2021); --lambda_cam 0 is plain StarGAN.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -546,44 +478,37 @@ def main(argv=None):
     add("--lambda_cam_d", type=float, default=1.0, help="CAM-consistency weight of the D term")
     add("--cam_layer", type=int, default=None,
         help="D block whose feature map Grad-CAM uses (default: the deepest with >= 8x8 cells)")
-    add("--from_official", default=None, metavar="PATH",
-        help="test, evaluate or start training from StarGAN's <iter>-G.ckpt (e.g. stargan_celeba_128/models/"
-             "200000-G.ckpt); the <iter>-D.ckpt beside it is loaded too (needed to train)")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic"))
     check_args(args)
-    if args.from_official and args.resume:
-        raise common.UserError("--from_official starts a new run and --resume continues one: give one of them.")
-    attrs, train_set = common.attribute_data(args, "train")
+    return args
 
+
+def main(argv=None):
+    args = parse_flags(argv)
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
-    device = common.pick_device(args, dist_.local_rank)
+    device = common.pick_device(args.device, dist_.local_rank, args.amp)
+    if args.phase in ("test", "eval"):  # the checkpoint holds the attribute set: --input needs no dataset
+        state = common.read_checkpoint(args.ckpt, SCRIPT)
+        attrs = common.checkpoint_attributes(state, args.data, args.data_root, args.attrs)
+    else:
+        attrs, train_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "train")
     common.seed_everything(args.seed)
     nets = build_networks(args, attrs)
-    if args.from_official:
-        loaded = load_official(args.from_official, nets, args)
-        print(f"loaded {', '.join(loaded)} from {args.from_official}" + ("" if "disc" in loaded else
-              "; D is untrained (no -D.ckpt beside it), so the Grad-CAM maps written here mean nothing"))
     for net in nets.values():
         common.to_device(net, device)
     if args.compile:  # G only: WGAN-GP and the D term differentiate through D twice (deviation 7)
         nets["gen"].compile()
-    if args.phase in ("test", "eval", "export"):
-        if args.from_official:
-            args.ckpt, step = args.from_official, 0  # the weights metrics.json names
-            nets = {k: m.eval() for k, m in nets.items()}
-        else:
-            nets, step = common.load_for_inference(args, SCRIPT, nets, device)  # an export holds G alone
+    if args.phase in ("test", "eval"):
+        nets, step = common.load_for_inference(args.ckpt, SCRIPT, nets, state)  # G alone: an export
         if "disc" not in nets and (args.phase == "eval" or args.input):
             raise common.UserError(f"{'--phase eval' if args.phase == 'eval' else '--input'} needs D (its Grad-CAM, "
-                                   f"its classifier for the labels of your images), and {args.ckpt} holds G alone; "
-                                   f"use the run's ckpt.pt.")
+                                   f"its classifier for the labels of your images), and {args.ckpt} holds G alone (an "
+                                   f"export, or StarGAN's G converted without its D): use a checkpoint with D.")
         if args.phase == "test":
             test(args, attrs, nets, device, step)
-        elif args.phase == "eval":
-            evaluate(args, attrs, nets, device)
         else:
-            export(args, attrs, nets["gen"], step)
+            evaluate(args, attrs, nets, device)
     else:
         train(args, attrs, train_set, dist_, device, nets)
     dist_.close()

@@ -7,9 +7,8 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
                        input_images, download_dataset), attribute data (AttributeSet, CelebA,
                        labels.csv), the embedded toy datasets (toy_render, ToyDataset)
  4. Shared blocks .... lsgan, init_normal
- 5. Checkpoint, log .. save_checkpoint, load_checkpoint, the official code's weights (read_weights,
-                       rename_keys, load_renamed), prepare_out, RunLog (with Ctrl-C), Bench, the export
-                       (load_for_inference, export_networks)
+ 5. Checkpoint, log .. save_checkpoint, read_checkpoint, load_checkpoint, load_for_inference, prepare_out,
+                       RunLog (with Ctrl-C), Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures, write_index_html
  7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
                        TranslationMetrics, AttributeMetrics, write_metrics
@@ -21,6 +20,7 @@ import functools
 import glob
 import hashlib
 import html
+import itertools
 import json
 import math
 import os
@@ -63,18 +63,18 @@ def cli(main):
     try:
         main()
     except (UserError, Diverged, Interrupted) as e:
-        print(f"{chr(10) + 'interrupted' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
+        prefix = "\ninterrupted" if isinstance(e, Interrupted) else "error"
+        print(f"{prefix}: {e}", file=sys.stderr)
         sys.exit({UserError: 2, Diverged: 1, Interrupted: 130}[type(e)])
 
 
 def add_common_flags(parser, script, extra_phases=(), data="toy"):
-    """The flags every script has (SPEC section 1). Paper flags are added by the script."""
+    """The flags every script has. Paper flags are added by the script."""
     parser.allow_abbrev = False  # a flag is given in full, so that presets and checkpoints see which ones were
     add = parser.add_argument
     add("--data", default=data, help="toy dataset (toy, toy-shape, toy-attr), a dataset under --data_root, or a path")
     add("--data_root", default="dataset", help="folder holding datasets (and the cached toy judge)")
-    add("--phase", default="train", choices=["train", "test", "eval", "bench", "export", *extra_phases],
-        help="what to do (export: the generators alone, for inference)")
+    add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
     add("--img_size", type=int, default=256, help="image side in pixels")
     add("--batch_size", type=int, default=1, help="images per domain per step (per process under torchrun)")
     add("--iters", type=int, default=1_000_000, help="training iterations")
@@ -85,7 +85,7 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
     add("--out", default=None, help=f"output folder (default results/{script}_<data>)")
     add("--resume", action="store_true", help="continue training from <out>/ckpt.pt (or --ckpt)")
-    add("--ckpt", default=None, help="checkpoint path (default <out>/ckpt.pt); test also takes <out>/export")
+    add("--ckpt", default=None, help="checkpoint path (default <out>/ckpt.pt)")
     add("--workers", type=int, default=2, help="DataLoader worker processes")
     add("--sample_every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
     add("--save_every", type=int, default=10_000, help="write the checkpoint every N steps (and at the end)")
@@ -95,12 +95,11 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     add("--download", nargs="?", const="", metavar="NAME", help="first fetch a CycleGAN dataset (default: --data)")
     add("--input", default=None, help="test phase: translate this image file or folder instead of the test split")
     add("--inception_weights", default=None, help="eval: path of pt_inception-2015-12-05-6726825d.pth (FID Inception)")
-    add("--export_dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="export: generators.pt's dtype")
 
 
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
-PER_INVOCATION = {"phase", "resume", "ckpt", "programs", "out", "device", "workers", "stop_at", "download", "input",
-                  "amp", "compile", "inception_weights", "from_official", "export_dtype"}
+PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input", "amp",
+                  "compile", "inception_weights"}
 
 
 def _given_flags(parser, argv):
@@ -123,19 +122,15 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
         download_dataset(args.data, args.data_root)
     data_name = args.data if args.data in TOY_NAMES else os.path.basename(os.path.normpath(args.data))
     args.out = args.out or os.path.join("results", f"{script}_{data_name}")
-    ckpt_path = args.ckpt or os.path.join(args.out, "ckpt.pt")
-    # --ckpt an export folder (or a .pt2 program in it): its programs run, with the flags of its generators.pt
-    programs = ckpt_path if os.path.isdir(ckpt_path) else (
-        os.path.dirname(os.path.abspath(ckpt_path)) if ckpt_path.endswith(".pt2") else None)
-    ckpt_path = os.path.join(programs, "generators.pt") if programs else ckpt_path
-    if (args.phase in ("test", "eval", "export") and not getattr(args, "from_official", None)) or args.resume:
-        if not os.path.exists(ckpt_path):
+    args.ckpt = args.ckpt or os.path.join(args.out, "ckpt.pt")
+    if args.phase in ("test", "eval") or args.resume:
+        if not os.path.exists(args.ckpt):
             what = "--resume" if args.resume else f"--phase {args.phase}"
-            raise UserError(f"{what} needs a checkpoint, and there is none at {ckpt_path}. Train first "
+            raise UserError(f"{what} needs a checkpoint, and there is none at {args.ckpt}. Train first "
                             f"(python {script}.py --data {args.data}) or point --ckpt / --out at a run.")
-        for k, v in _read_checkpoint(ckpt_path, script)["args"].items():
+        for k, v in read_checkpoint(args.ckpt, script)["args"].items():
             if k in arch_flags and k in given and getattr(args, k) != v:
-                raise UserError(f"{ckpt_path} was trained with --{k} {v}, not {getattr(args, k)}: the architecture "
+                raise UserError(f"{args.ckpt} was trained with --{k} {v}, not {getattr(args, k)}: the architecture "
                                 f"comes from the checkpoint; drop --{k} or use another --out/--ckpt.")
             if k not in given and k not in PER_INVOCATION and hasattr(args, k):
                 setattr(args, k, v)
@@ -143,12 +138,13 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
         for k, v in presets["toy" if args.data in TOY_NAMES else "real"].items():
             if k not in given:
                 setattr(args, k, v)
-    args.ckpt, args.programs = ckpt_path, programs
     positive = {"img_size", "batch_size", "iters", "lr", "log_every", "stop_at", *positive}
     for k, v in vars(args).items():  # every number finite and >= 0; sizes, counts and rates above 0
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if number and not (abs(v) <= float(np.finfo(np.float32).max) and (v > 0 if k in positive else v >= 0)):
-            bound = "above 0" if k in positive else "of at least 0"  # finite in float32 too (NaN fails <=)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        finite = abs(v) <= float(np.finfo(np.float32).max)  # finite in float32 too (NaN fails <=)
+        if not finite or v < 0 or (k in positive and v == 0):
+            bound = "above 0" if k in positive else "of at least 0"
             raise UserError(f"--{k} {v} is out of range: it must be a finite number {bound}.")
     return args
 
@@ -162,24 +158,27 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def pick_device(args, local_rank=0):
-    """auto -> cuda, mps, cpu. Sets the CUDA speed switches; --amp is CUDA only."""
+def pick_device(name, local_rank=0, amp=False):
+    """--device: auto -> cuda, mps, cpu. Sets the CUDA speed switches; warns that --amp is CUDA only."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    name = next(d for d in available if available[d]) if args.device == "auto" else args.device
+    if name == "auto":
+        name = next(d for d in available if available[d])
     if not available[name]:
         raise UserError(f"--device {name} was asked for, but this PyTorch build cannot use it. Use cpu or auto.")
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
-    if device.type == "cuda":
+    if name == "cuda":
+        device = torch.device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    elif args.amp:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        return device
+    if amp:
         warnings.warn("--amp (bf16 autocast) is only used on CUDA; running in fp32")
-        args.amp = False
-    return device
+    return torch.device(name)
 
 
-def autocast(args, device):  # bf16 under --amp on CUDA, else a no-op context
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(args.amp) and device.type == "cuda")
+def autocast(amp, device):
+    """bf16 autocast under --amp on CUDA, else a context that does nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(amp) and device.type == "cuda")
 
 
 def to_device(module, device):  # channels_last on CUDA
@@ -219,8 +218,9 @@ class Dist:
     """torchrun's data parallelism: this process's rank (world 1 without torchrun), gradient averaging."""
 
     def __init__(self, device_flag):
-        self.world, self.rank, self.local_rank = (int(os.environ.get(k, d)) for k, d in
-                                                  (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
         # NCCL reduces CUDA tensors only: the small control tensors live on this rank's GPU
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
@@ -278,8 +278,8 @@ def ugatit_transform(im, size, rng):
     if rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
     im = im.resize((size + 30, size + 30), Image.BILINEAR)
-    x, y = rng.randint(0, 30), rng.randint(0, 30)
-    return im.crop((x, y, x + size, y + size))
+    left, top = rng.randint(0, 30), rng.randint(0, 30)
+    return im.crop((left, top, left + size, top + size))
 
 
 def load_image(path):
@@ -298,7 +298,9 @@ class ImageFiles(torch.utils.data.Dataset):
     resized to size x size). `labels` adds each image's labels; `transform(im, size, rng)` replaces U-GAT-IT's."""
 
     def __init__(self, files, size, train, root=None, labels=None, transform=None):
-        self.files, self.size, self.train, self.root = files, size, train, root
+        self.files, self.root = files, root
+        self.size = size
+        self.train = train
         self.labels, self.transform = labels, transform
 
     def __len__(self):
@@ -336,33 +338,37 @@ class InfiniteSampler(torch.utils.data.Sampler):
     takes positions r, r+K, ..."""
 
     def __init__(self, n, seed, start=0, rank=0, world=1):
-        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+        self.n = n
+        self.seed = seed
+        self.start = start
+        self.rank, self.world = rank, world
 
     def __iter__(self):
-        pos, perm, perm_epoch = self.start, None, -1
-        while True:
+        perm, perm_epoch = None, -1
+        for pos in itertools.count(self.start):
             p = pos * self.world + self.rank
             epoch, offset = divmod(p, self.n)
             if epoch != perm_epoch:
                 perm, perm_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
             yield int(perm[offset]), self.seed * 1_000_003 + p
-            pos += 1
 
 
-def train_batches(dataset, args, device, dist_, start_step, seed_offset=0, labels=False):
-    """Endless device batches from `start_step` on (with `labels`: (images, labels)); draws the loader's seed."""
-    sampler = InfiniteSampler(len(dataset), args.seed + seed_offset, start_step * args.batch_size,
-                              dist_.rank, dist_.world)
+def train_batches(dataset, batch_size, workers, seed, device, dist_, start_step, labels=False):
+    """Endless device batches of `dataset` (with `labels`: (images, labels)) from `start_step` on, in an order set
+    by `seed`, this process's share under torchrun (`dist_`); draws the loader's base seed from the global RNG."""
+    sampler = InfiniteSampler(len(dataset), seed, start_step * batch_size, dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True)
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True)
 
     def on_device(batch):
         _stats["skipped"] += int(batch["skipped"].sum())
         x = batch["image"].to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        return (x, batch["labels"].to(device, non_blocking=True)) if labels else x
+        if labels:
+            return x, batch["labels"].to(device, non_blocking=True)
+        return x
 
     return map(on_device, _batches(iter(loader)))  # iter() now: the base seed is drawn here
 
@@ -386,51 +392,54 @@ def _layout_help(root):
             f"--data toy, toy-shape or toy-attr.")
 
 
-def dataset_dir(args, layout_help=_layout_help):
+def dataset_dir(data, data_root, layout_help=_layout_help):
     """The folder of a real dataset: --data as a path if it is one, else --data_root/--data."""
-    root = args.data if os.path.exists(args.data) else os.path.join(args.data_root, args.data)
+    root = data if os.path.exists(data) else os.path.join(data_root, data)
     if not os.path.isdir(root):
         raise UserError(f"{root} is {'a file, not' if os.path.exists(root) else 'not'} a dataset folder. "
                         f"{layout_help(root)}")
     return root
 
 
-def domain_images(args, split, domain):
-    """One split ('train', 'test') of domain 'A' or 'B': a toy split (with GT masks; seed 0's data for every --seed,
-    so runs share their test images) or the images in <data>/<split><domain> or <data>/<split>/<domain>."""
-    if args.data == "toy-attr":
+def domain_images(data, data_root, img_size, split, domain):
+    """One split ('train', 'test') of domain 'A' or 'B' of --data: a toy split (with GT masks; seed 0's data for
+    every --seed, so runs share their test images) or the images in <data>/<split><domain> or <data>/<split>/<domain>,
+    at img_size x img_size."""
+    if data == "toy-attr":
         raise UserError("toy-attr is a multi-attribute dataset (amgan.py, camconsistency.py); "
                         "two-domain scripts take --data toy or toy-shape.")
-    if args.data in TOY_NAMES:
-        return ToyDataset(args.data, split, args.img_size, domain)
-    root = dataset_dir(args)
+    if data in TOY_NAMES:
+        return ToyDataset(data, split, img_size, domain)
+    root = dataset_dir(data, data_root)
     for folder in (os.path.join(root, split + domain), os.path.join(root, split, domain)):
         if os.path.isdir(folder):
-            if not (files := list_images(folder)):
+            files = list_images(folder)
+            if not files:
                 raise UserError(f"{folder} holds no images ({', '.join(IMG_EXTS)}), so the {split} split of "
                                 f"domain {domain} is empty. {_layout_help(root)}")
-            return ImageFiles(files, args.img_size, split == "train", root=folder)
+            return ImageFiles(files, img_size, split == "train", root=folder)
     raise UserError(f"{root} has no {split}{domain}/ folder. {_layout_help(root)}")
 
 
-def directions(args):
+def directions(direction="both"):
     """The translations --direction asks for: (name, source domain, target domain)."""
-    d = getattr(args, "direction", "both")
-    return [("a2b", "A", "B"), ("b2a", "B", "A")] if d == "both" else [(d, d[0].upper(), d[-1].upper())]
+    if direction == "both":
+        return [("a2b", "A", "B"), ("b2a", "B", "A")]
+    return [(direction, direction[0].upper(), direction[-1].upper())]
 
 
-def test_batches(dataset, args, batch_size=16):
+def test_batches(dataset, workers, batch_size=16):
     """A test or eval pass over `dataset`, in order: batches of dicts (image, name, masks...)."""
-    return _batches(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)))
+    return _batches(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)))
 
 
-def input_images(args):
-    """--input: one image file or a folder of them, as test items {'image', 'name'} at --img_size (for test_batches)."""
-    files = [args.input] if os.path.isfile(args.input) else list_images(args.input)
+def input_images(path, img_size):
+    """--input: one image file or a folder of them, as test items {'image', 'name'} at img_size (for test_batches)."""
+    files = [path] if os.path.isfile(path) else list_images(path)
     if not files:
-        raise UserError(f"--input {args.input} is neither an image file nor a folder holding images "
+        raise UserError(f"--input {path} is neither an image file nor a folder holding images "
                         f"({', '.join(IMG_EXTS)}).")
-    return ImageFiles(files, args.img_size, False, root=args.input if os.path.isdir(args.input) else None)
+    return ImageFiles(files, img_size, False, root=path if os.path.isdir(path) else None)
 
 
 def download_dataset(name, data_root, url=None):
@@ -483,13 +492,20 @@ class AttributeSet:
     their columns."""
 
     def __init__(self, names, values, binary, manipulated, exclusive=()):
-        self.names, self.values, self.binary = list(names), [list(v) for v in values], list(binary)
+        self.names = list(names)
+        self.values = [list(v) for v in values]
+        self.binary = list(binary)
         self.manipulated = list(manipulated)
         self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
         widths = [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
         ends = np.cumsum([0] + widths)
         self.c_dim = int(ends[-1])
         self.slices = {g: slice(int(a), int(b)) for g, a, b in zip(self.manipulated, ends[:-1], ends[1:])}
+
+    def state(self):
+        """The constructor's arguments as plain data (a checkpoint stores them): AttributeSet(**state)."""
+        return {"names": self.names, "values": self.values, "binary": self.binary, "manipulated": self.manipulated,
+                "exclusive": [sorted(e) for e in self.exclusive]}
 
     def vector(self, labels):
         """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
@@ -518,8 +534,9 @@ class AttributeSet:
         """'color=red,sleeve=long' -> [(group, value), ...], each a value of a manipulated group."""
         valid = {self.describe(g, v): (g, v) for g in self.manipulated for v in range(len(self.values[g]))}
         parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts or (bad := [p for p in parts if p not in valid]):
-            raise UserError(f"--target {text!r}: {repr(bad[0]) if parts else 'nothing'} is not a value of an attribute "
+        bad = [p for p in parts if p not in valid]
+        if not parts or bad:
+            raise UserError(f"--target {text!r}: {repr(bad[0]) if bad else 'nothing'} is not a value of an attribute "
                             f"that --attrs manipulates; choose among {', '.join(valid)}.")
         return [valid[p] for p in parts]
 
@@ -532,10 +549,19 @@ def select_attributes(names, values, binary, attrs_arg, default, exclusive_names
         raise UserError(f"--attrs: unknown attribute {', '.join(unknown) or '(none given)'}; this dataset has "
                         f"{', '.join(names)}.")
     manipulated = [names.index(a) for a in chosen]
-    if single := [names[g] for g in manipulated if len(values[g]) < 2]:
+    single = [names[g] for g in manipulated if len(values[g]) < 2]
+    if single:
         raise UserError(f"--attrs: {', '.join(single)} takes a single value in this dataset, so there is nothing to "
                         f"change it to; choose other attributes (this dataset has {', '.join(names)}).")
     return AttributeSet(names, values, binary, manipulated, [[g for g in manipulated if names[g] in exclusive_names]])
+
+
+def checkpoint_attributes(state, data, data_root, attr_names):
+    """The AttributeSet a checkpoint was trained with (a run saved before checkpoints held it: from --data)."""
+    stored = state["extra"].get("attributes")
+    if stored:
+        return AttributeSet(**stored)
+    return attribute_data(data, data_root, 16, attr_names, "test")[0]
 
 
 def _read_lines(path):
@@ -555,8 +581,12 @@ def read_celeba_attributes(path):
     lines = _read_lines(path)
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
-    names, files, rows = lines[1].split(), [], []
-    for number, parts in ((n, line.split()) for n, line in enumerate(lines[2:], start=3) if line.strip()):
+    names = lines[1].split()
+    files, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
         if len(parts) != len(names) + 1:
             raise UserError(f"{path}, line {number}: expected a file name and {len(names)} values, got "
                             f"{len(parts) - 1} values.")
@@ -581,7 +611,9 @@ def read_labels_csv(path):
     if len(set(names)) != len(names) or not all(names):
         raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
     files, cells = [], []
-    for row in (r for r in reader if any(c.strip() for c in r)):
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue
         if len(row) != len(header):
             raise UserError(f"{path}, line {reader.line_num}: expected {len(header)} cells "
                             f"(filename and {len(names)} attributes), got {len(row)}.")
@@ -614,44 +646,50 @@ def _split_indices(n, test_size):
     return {"test": order[:test_size], "train": order[test_size:]}
 
 
-def attribute_data(args, split):
-    """(AttributeSet, one split) for --data toy-attr, a CelebA folder or a labels.csv folder. Items:
-    image, labels (G,), name (toy-attr adds its GT masks); the dataset's `labels` holds them all."""
-    if args.data in TOY_NAMES:
-        if args.data != "toy-attr":
-            raise UserError(f"{args.data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
-        attrs = select_attributes(list(TOY_ATTRS), list(TOY_ATTRS.values()), [False] * len(TOY_ATTRS), args.attrs,
-                                  ("color", "sleeve"))  # size and bg are nuisance groups (reference matching)
-        return attrs, ToyDataset("toy-attr", split, args.img_size)
-    layout = lambda root: (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in "  # noqa: E731
-                           f"{root}/img_align_celeba/) or a labels table ({root}/labels.csv with the header "
-                           f"'filename,<attribute>,...' and the images in {root}/images/; docs/data.md says how to "
-                           f"convert DeepFashion and Shopping100k). Or run on the embedded toy dataset: "
-                           f"--data toy-attr.")
-    root = dataset_dir(args, layout)
+def _attribute_layout_help(root):
+    return (f"Expected either CelebA ({root}/{CELEBA_ATTR_FILE} and the images in {root}/img_align_celeba/) or a "
+            f"labels table ({root}/labels.csv with the header 'filename,<attribute>,...' and the images in "
+            f"{root}/images/; docs/data.md says how to convert DeepFashion and Shopping100k). Or run on the embedded "
+            f"toy dataset: --data toy-attr.")
+
+
+def attribute_data(data, data_root, img_size, attr_names, split):
+    """(AttributeSet manipulating the comma-separated `attr_names` (--attrs; None: the default), one split at
+    img_size) for --data toy-attr, a CelebA folder or a labels.csv folder. Items: image, labels (G,), name (toy-attr
+    adds its GT masks); the dataset's `labels` holds them all."""
+    if data in TOY_NAMES:
+        if data != "toy-attr":
+            raise UserError(f"{data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
+        groups = list(TOY_ATTRS)
+        chosen = select_attributes(groups, list(TOY_ATTRS.values()), [False] * len(groups), attr_names,
+                                   ("color", "sleeve"))  # size and bg are nuisance groups (reference matching)
+        return chosen, ToyDataset("toy-attr", split, img_size)
+    root = dataset_dir(data, data_root, _attribute_layout_help)
     if os.path.isfile(os.path.join(root, CELEBA_ATTR_FILE)):
         names, files, labels = read_celeba_attributes(os.path.join(root, CELEBA_ATTR_FILE))
-        attrs = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), args.attrs,
-                                  CELEBA_DEFAULT_ATTRS, exclusive_names=CELEBA_HAIR)
-        folder, test_size = os.path.join(root, "img_align_celeba"), ATTR_TEST_SIZE
+        chosen = select_attributes(names, [["0", "1"]] * len(names), [True] * len(names), attr_names,
+                                   CELEBA_DEFAULT_ATTRS, exclusive_names=CELEBA_HAIR)
+        folder = os.path.join(root, "img_align_celeba")
+        test_size = ATTR_TEST_SIZE
         transform = functools.partial(attribute_transform, crop=178)
     elif os.path.isfile(os.path.join(root, "labels.csv")):
         names, values, files, labels = read_labels_csv(os.path.join(root, "labels.csv"))
-        attrs = select_attributes(names, values, [False] * len(names), args.attrs, names)
-        folder, transform = os.path.join(root, "images"), attribute_transform
+        chosen = select_attributes(names, values, [False] * len(names), attr_names, names)
+        folder = os.path.join(root, "images")
         test_size = min(ATTR_TEST_SIZE, max(1, len(files) // 10))  # small tables: a tenth
+        transform = attribute_transform
     else:
-        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {layout(root)}")
+        raise UserError(f"{root} holds neither {CELEBA_ATTR_FILE} nor labels.csv. {_attribute_layout_help(root)}")
     if not os.path.isdir(folder):
-        raise UserError(f"{folder} does not exist: the images of {root} go there. {layout(root)}")
+        raise UserError(f"{folder} does not exist: the images of {root} go there. {_attribute_layout_help(root)}")
     keep = _split_indices(len(files), test_size)[split]
     if not keep:
         raise UserError(f"{root}: the {split} split is empty ({len(files)} images, {test_size} of them for testing).")
-    return attrs, ImageFiles([os.path.join(folder, files[i]) for i in keep], args.img_size, split == "train",
-                             root=folder, labels=labels[keep], transform=transform)
+    return chosen, ImageFiles([os.path.join(folder, files[i]) for i in keep], img_size, split == "train",
+                              root=folder, labels=labels[keep], transform=transform)
 
 
-# -------------------- The embedded toy datasets (SPEC section 2) ----------------------------------------------------
+# -------------------- The embedded toy datasets ----------------------------------------------------------------------
 # Three procedural datasets, deterministic by seed, any image size S >= 16, no files. Every sample
 # comes with its ground-truth masks, which is what makes attention measurable on toy data.
 # Geometry is in pixel units: x runs to the right, y downwards, pixel (row i, column j) has its
@@ -801,10 +839,14 @@ class ToyDataset(torch.utils.data.Dataset):
     toy-attr's `labels` holds every sample's labels."""
 
     def __init__(self, name, split, size, domain=None, seed=0):
-        self.name, self.split, self.size, self.domain, self.seed = name, split, size, domain, seed
+        self.name = name
+        self.split = split
+        self.size = size
+        self.domain = domain
+        self.seed = seed
         if name == "toy-attr":  # a sample's labels are its generator's first draws: no rendering needed
-            self.labels = torch.tensor([[int(rng.integers(len(v))) for v in TOY_ATTRS.values()] for rng in
-                                        (_toy_rng(name, split, i, None, seed) for i in range(len(self)))])
+            rngs = [_toy_rng(name, split, i, None, seed) for i in range(len(self))]
+            self.labels = torch.tensor([[int(rng.integers(len(v))) for v in TOY_ATTRS.values()] for rng in rngs])
 
     def __len__(self):
         return TOY_SPLIT_SIZES[self.split]
@@ -841,9 +883,10 @@ CKPT_VERSION = 1  # bump when the checkpoint layout changes; load_checkpoint ref
 
 
 def rng_state():
-    version, state, gauss = random.getstate()
+    """Python's, numpy's and torch's global RNG states as tensors and plain data (weights_only loads them)."""
+    version, python_state, gauss = random.getstate()
     np_state = np.random.get_state()
-    state = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+    state = {"python": [version, list(python_state), gauss], "torch": torch.get_rng_state(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -859,15 +902,18 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
-    """Everything to resume, atomically; NaN/Inf weights raise Diverged, a failed write UserError (old file kept)."""
-    if bad := [k for k, m in models.items() if not all(t.isfinite().all() for t in m.state_dict().values())]:
+def save_checkpoint(path, script, flags, step, models, optimizers, extra=None):
+    """Everything to resume, atomically: the run's flags (a dict), the step, the networks and optimizers, the RNG
+    states and `extra`. NaN/Inf weights raise Diverged, a failed write UserError (the old file is kept)."""
+    bad = [k for k, m in models.items() if not all(t.isfinite().all() for t in m.state_dict().values())]
+    if bad:
         kept = f"{path} keeps the last checkpoint before it" if os.path.exists(path) else "no checkpoint was saved"
         raise Diverged(f"the weights of {', '.join(bad)} became NaN/Inf by step {step}; {kept}. Try a lower --lr, or "
                        f"run without --amp.")
-    state = {"script": script, "version": CKPT_VERSION, "step": step, "args": vars(args),
+    state = {"script": script, "version": CKPT_VERSION, "step": step, "args": dict(flags),
              "models": {k: m.state_dict() for k, m in models.items()},
-             "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state(), "extra": extra or {}}
+             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+             "rng": rng_state(), "extra": extra or {}}
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         torch.save(state, tmp)
@@ -881,7 +927,7 @@ def save_checkpoint(path, script, args, step, models, optimizers, extra=None):
                         f"networks and their Adam moments). {kept} after freeing space.") from None
 
 
-def _load_tensors(path, not_ours):
+def load_tensors(path, not_ours):
     """torch.load with weights_only=True (a file of plain data never runs code), else UserError `not_ours` naming
     torch's exception: never the pickle fallback torch's own message suggests."""
     try:
@@ -890,9 +936,9 @@ def _load_tensors(path, not_ours):
         raise UserError(f"{not_ours} (torch.load: {type(e).__name__}).") from None
 
 
-def _read_checkpoint(path, script):
+def read_checkpoint(path, script):
     """The checkpoint dict, after checking that it is a whole one of `script` in this version's layout."""
-    state = _load_tensors(path, f"{path} is not a checkpoint of this project")
+    state = load_tensors(path, f"{path} is not a checkpoint of this project")
     if not isinstance(state, dict) or state.get("script") != script:
         other = state.get("script") if isinstance(state, dict) else None
         raise UserError(f"{path} is a checkpoint of {other or 'something else'}, not of {script}.py; "
@@ -901,15 +947,23 @@ def _read_checkpoint(path, script):
         raise UserError(f"{path} has checkpoint layout version {state.get('version')}, and this code reads version "
                         f"{CKPT_VERSION}: it was written by another version of this project. Use that version, "
                         f"or train a new run.")
-    if missing := {"step", "args", "models", "optimizers", "rng", "extra"} - set(state):
+    missing = {"step", "args", "models", "optimizers", "rng", "extra"} - set(state)
+    if missing:
         raise UserError(f"{path} lacks {', '.join(sorted(missing))}: it is damaged or not a whole checkpoint.")
     return state
 
 
 def load_checkpoint(path, script, models, optimizers=None, state=None):
     """Load networks (and optimizers) in place -> the checkpoint dict (`state`: already read); the RNG is restored
-    by the caller."""
-    state = state or _read_checkpoint(path, script)
+    by the caller. A checkpoint without optimizer states (converted weights) leaves the optimizers fresh."""
+    state = state or read_checkpoint(path, script)
+    absent = [k for k in models if k not in state["models"]]
+    if absent:
+        raise UserError(f"{path} holds {', '.join(state['models'])} and not {', '.join(absent)} (an export, or "
+                        f"converted weights without them), and this needs them too. Use the run's own ckpt.pt.")
+    if optimizers and not state["optimizers"]:
+        print(f"{path} holds no optimizer state (converted weights): training goes on with fresh Adam moments")
+        optimizers = None
     try:
         for k, m in models.items():
             m.load_state_dict(state["models"][k])
@@ -921,42 +975,6 @@ def load_checkpoint(path, script, models, optimizers=None, state=None):
     return state
 
 
-# Weights written by other code (--from_official): each script maps the official key names onto its own.
-
-
-def read_weights(path):
-    """A file of tensors (a state dict, or a dict of them) read with weights_only=True, 'module.' prefixes dropped."""
-    state = _load_tensors(path, f"--from_official: {path} is not a PyTorch weights file")
-    if isinstance(state, dict) and "script" in state:
-        raise UserError(f"--from_official {path} is a checkpoint of this project ({state['script']}.py), not of the "
-                        f"official code: use --ckpt {path} (with --resume to continue training).")
-    if not isinstance(state, dict) or not all(isinstance(v, (dict, torch.Tensor)) for v in state.values()):
-        raise UserError(f"--from_official: {path} is not a state dict (a dict of tensors), the format the "
-                        f"official code saves its networks in.")
-    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
-
-
-def rename_keys(state, rules):
-    """Each key of a state dict through the (pattern, replacement) rules of re.sub, in order."""
-    return {functools.reduce(lambda k, rule: re.sub(*rule, k), rules, key): v for key, v in state.items()}
-
-
-def load_renamed(path, nets, states, hints):
-    """Load renamed state dicts into `nets`. One that does not fit: UserError quoting torch's list of the keys that
-    differ, and the flags that `hints()` ([(applies, text), ...]) reads off the file's shapes."""
-    try:
-        for name, state in states.items():
-            nets[name].load_state_dict(state)
-    except RuntimeError as e:
-        try:
-            advice = "; ".join(text for applies, text in hints() if applies) or "its layout is not the official one"
-        except (KeyError, IndexError, AttributeError, ValueError):  # not even the layers the shapes are read from
-            advice = "its layout is not the official one"
-        keys = " ".join(str(e).split())  # torch names the missing, unexpected and misshapen keys
-        raise UserError(f"--from_official {path} does not fit the networks these flags build ({keys[:300]}"
-                        f"{' ...' if len(keys) > 300 else ''}). {advice[0].upper() + advice[1:]}.") from None
-
-
 def make_folder(path):
     """os.makedirs, or UserError when `path` cannot be a folder (a file there, no permission, ...)."""
     try:
@@ -966,38 +984,45 @@ def make_folder(path):
     return path
 
 
-def prepare_out(args, dist_):
-    """--out with args.json (rank 0), refusing to overwrite an earlier run; a killed save's temp files go."""
-    for earlier in [] if args.resume else [args.ckpt, os.path.join(args.out, "log.csv")]:
-        if os.path.exists(earlier):
-            raise UserError(f"{earlier} already exists and a new run would overwrite it. Continue it with --resume, "
-                            f"pick another --out, or delete the folder if you mean to start over.")
-    if dist_.main:
-        make_folder(os.path.join(args.out, "samples"))
-        for stale in glob.glob(glob.escape(args.ckpt) + ".tmp*"):
+def prepare_out(out, ckpt, flags, resume, main=True):
+    """The run folder `out` with args.json (the dict `flags`; written by the main process), refusing to overwrite an
+    earlier run's checkpoint `ckpt` or log unless `resume`; a killed save's temp files go."""
+    if not resume:
+        for earlier in (ckpt, os.path.join(out, "log.csv")):
+            if os.path.exists(earlier):
+                raise UserError(f"{earlier} already exists and a new run would overwrite it. Continue it with "
+                                f"--resume, pick another --out, or delete the folder if you mean to start over.")
+    if main:
+        make_folder(os.path.join(out, "samples"))
+        for stale in glob.glob(glob.escape(ckpt) + ".tmp*"):
             os.remove(stale)
-        with open(os.path.join(args.out, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
+        with open(os.path.join(out, "args.json"), "w") as f:
+            json.dump(flags, f, indent=2)
 
 
 class RunLog:
-    """log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar. add(losses) sums 0-dim
-    losses on the device (no host sync), each term over the steps that computed it (G: every n_critic); write()
-    averages them, raises Diverged on NaN/Inf and rewrites the file (rank 0; a late term widens the header); a
-    resumed run keeps the rows up to its step. interrupted(step): Ctrl-C was pressed (after the step)."""
+    """<out>/log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar up to last_step.
+    add(losses) sums 0-dim losses on the device (no host sync), each term over the steps that computed it; write()
+    averages them every log_every steps, raises Diverged on NaN/Inf naming what `ckpt` keeps, and rewrites the file
+    (rank 0). A resumed run keeps the rows up to its step. interrupted(step): Ctrl-C was pressed (after the step)."""
 
-    def __init__(self, args, dist_, start_step, elapsed=0.0):
-        self.path, self.ckpt, self.main = os.path.join(args.out, "log.csv"), args.ckpt, dist_.main
-        self.t0, self.sums, self.counts = time.time() - elapsed, {}, {}
-        self.first, self.last_saved, self.rows = start_step + 1, start_step, []  # rows: those written so far
-        if self.main and os.path.exists(self.path):  # a resumed run keeps the rows up to its step
+    def __init__(self, out, ckpt, last_step, log_every, dist_, start_step, elapsed=0.0):
+        self.path = os.path.join(out, "log.csv")
+        self.ckpt = ckpt  # named in the message when a loss diverges
+        self.dist = dist_
+        self.every = log_every
+        self.t0 = time.time() - elapsed
+        self.sums, self.counts = {}, {}
+        self.first, self.last_saved = start_step + 1, start_step  # first: of the current log interval
+        self.rows = []  # those written so far
+        if dist_.main and os.path.exists(self.path):  # a resumed run keeps the rows up to its step
             with open(self.path) as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
             _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # counted on
             self._save()
-        self.bar = tqdm(total=min(args.iters, args.stop_at or args.iters), initial=start_step, disable=not self.main,
-                        dynamic_ncols=True, mininterval=2, desc=os.path.basename(args.out))
-        self.dist, self.every, self.ctrl_c = dist_, args.log_every, []  # Ctrl-C finishes the step, then stops
+        self.bar = tqdm(total=last_step, initial=start_step, disable=not dist_.main, dynamic_ncols=True,
+                        mininterval=2, desc=os.path.basename(out))
+        self.ctrl_c = []  # Ctrl-C finishes the step, then stops
         self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.ctrl_c.append(1))
 
     def _save(self):
@@ -1022,9 +1047,12 @@ class RunLog:
         if not self.sums:
             return
         counts = torch.tensor(list(self.counts.values()))
-        values = dict(zip(self.sums, (torch.stack(list(self.sums.values())).float().cpu() / counts).tolist()))
-        first, self.first, self.sums, self.counts = self.first, step + 1, {}, {}
-        if bad := [k for k, v in values.items() if not math.isfinite(v)]:
+        means = torch.stack(list(self.sums.values())).float().cpu() / counts  # the one host sync of the interval
+        values = dict(zip(self.sums, means.tolist()))
+        first, self.first = self.first, step + 1
+        self.sums, self.counts = {}, {}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
             self.bar.close()
             kept = (f"the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}"
                     if os.path.exists(self.ckpt) else "no checkpoint was saved")
@@ -1032,7 +1060,7 @@ class RunLog:
                            f"and {kept}. Try a lower --lr, or run without --amp.")
         row = {"step": step, **{k: f"{v:.5g}" for k, v in values.items()}, "lr": f"{lr:.4g}",
                "seconds": f"{self.seconds():.1f}", "skipped_images": _stats["skipped"]}
-        if self.main:
+        if self.dist.main:
             self.bar.set_postfix({k: row[k] for k in list(values)[:4]}, refresh=False)
             self.rows.append(row)
             self._save()
@@ -1053,10 +1081,19 @@ class RunLog:
 
 
 class Bench:
-    """--phase bench: `for step in bench.steps(): losses = ...`, then report(losses): it/s, img/s, memory."""
+    """--phase bench: `for step in bench.steps(): losses = ...`, then report(losses): it/s, img/s, memory, and the
+    settings they were measured with (image size, batch size, --amp, --compile)."""
 
-    def __init__(self, args, device, warmup=3, timed=10):
-        self.args, self.device, self.warmup, self.timed = args, device, warmup, timed
+    def __init__(self, device, img_size, batch_size, amp, compiled, warmup=3, timed=10):
+        self.device = device
+        self.settings = {"img_size": img_size, "batch": batch_size, "amp": bool(amp) and device.type == "cuda",
+                         "compile": bool(compiled)}
+        self.warmup, self.timed = warmup, timed
+
+    def device_name(self):
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({torch.get_num_threads()} threads)"
 
     def steps(self):
         yield from range(1, self.warmup + 1)
@@ -1068,46 +1105,21 @@ class Bench:
 
     def report(self, losses):
         float(sum(losses.values()))  # wait for the device
-        seconds, device, args = time.perf_counter() - self.t0, self.device, self.args
-        result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                  else f"cpu ({torch.get_num_threads()} threads)", "img_size": args.img_size,
-                  "batch": args.batch_size, "amp": bool(args.amp), "compile": bool(args.compile),
-                  "it_s": round(self.timed / seconds, 3), "img_s": round(self.timed * args.batch_size / seconds, 3),
-                  "peak_mem_mb": round(peak_memory_mb(device), 1)}
+        seconds = time.perf_counter() - self.t0
+        result = {"device": self.device_name(), **self.settings, "it_s": round(self.timed / seconds, 3),
+                  "img_s": round(self.timed * self.settings["batch"] / seconds, 3),
+                  "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
         print(json.dumps(result))
         return result
 
 
-def load_for_inference(args, script, nets, device):
-    """--phase test, eval, export -> (networks in eval mode, step): those of `nets` that --ckpt holds (a run's ckpt.pt,
-    or an export's generators.pt: the networks translation needs), or, when --ckpt names an export folder or a .pt2
-    program in it, the torch.export programs in their stead."""
-    state = _read_checkpoint(args.ckpt, script)
+def load_for_inference(path, script, nets, state=None):
+    """--phase test and eval -> (networks in eval mode, step): those of `nets` that the checkpoint at `path` holds
+    (a run's ckpt.pt, or an export's generators.pt: the networks translation needs; `state`: already read)."""
+    state = state or read_checkpoint(path, script)
     nets = {k: m.eval() for k, m in nets.items() if k in state["models"]}
-    load_checkpoint(args.ckpt, script, nets, state=state)
-    if args.programs:
-        if missing := [k for k in nets if not os.path.isfile(os.path.join(args.programs, f"{k}.pt2"))]:
-            raise UserError(f"{args.programs} lacks {', '.join(f'{k}.pt2' for k in missing)}: export the run again "
-                            f"(--phase export), or give --ckpt {args.ckpt}.")
-        from torch.export.passes import move_to_device_pass  # noqa: E402 (only here: export is new in torch)
-        nets = {k: move_to_device_pass(torch.export.load(os.path.join(args.programs, f"{k}.pt2")), device).module()
-                for k in nets}
+    load_checkpoint(path, script, nets, state=state)
     return nets, state["step"]
-
-
-def export_networks(folder, script, args, step, nets, examples):
-    """--phase export into `folder`: <name>.pt2 per network, the torch.export program of nets[name] called on the
-    CPU tensors examples[name] with the batch size left free (an example batch of 2: a batch of 1 would be baked
-    in), in fp32; then generators.pt, the networks alone in --export_dtype, in the checkpoint layout."""
-    batch = torch.export.Dim("batch", min=1)
-    for name, inputs in examples.items():
-        program = torch.export.export(nets[name].cpu().eval(), inputs, dynamic_shapes=[{0: batch}] * len(inputs))
-        torch.export.save(program, os.path.join(make_folder(folder), f"{name}.pt2"))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.export_dtype]
-    path = os.path.join(folder, "generators.pt")
-    save_checkpoint(path, script, args, step, {k: m.to(dtype) for k, m in nets.items()}, {})
-    source = f" (from {args.ckpt}: {os.path.getsize(args.ckpt) / 2**20:.2f} MB)" if os.path.isfile(args.ckpt) else ""
-    print(f"{path}: {os.path.getsize(path) / 2**20:.2f} MB{source}, and {', '.join(f'{k}.pt2' for k in examples)}")
 
 
 # ==================== 6. Pictures: heat colour map, sample grids, image files =======================================
@@ -1255,7 +1267,7 @@ def load_toy_judge(name, size, data_root, device="cpu"):
     """(judge in eval mode, its mean test accuracy), trained once and cached in <data_root>/.toy_judge/."""
     path = os.path.join(data_root, ".toy_judge", f"{name}_{size}px_v{TOY_VERSION}.pt")
     if os.path.isfile(path):
-        saved, judge = _load_tensors(path, f"{path} is a damaged toy judge cache: delete it to retrain"), ToyJudge(name)
+        saved, judge = load_tensors(path, f"{path} is a damaged toy judge cache: delete it to retrain"), ToyJudge(name)
         judge.load_state_dict(saved["state_dict"])
         judge.test_accuracies, accuracy = saved["accuracies"], saved["accuracy"]
     else:
@@ -1461,23 +1473,26 @@ def _kid_fid(real, fake, prefix=""):
 
 class TranslationMetrics:
     """--phase eval of a two-domain script: add() each direction's test batches and translations, add_real() the
-    target's, write(). Toy data: the judge's verdict, PSNR/L1 outside the mask, attention IoU/pointing, toy-KID;
-    real data: KID and FID on Inception features."""
+    target's, summary() (naming the weights `ckpt`). Toy data: the verdict of the judge cached in data_root, PSNR/L1
+    outside the mask, attention IoU/pointing, toy-KID; real data: KID and FID on FID Inception features."""
 
-    def __init__(self, args, device):
-        self.args, self.device, self.toy, self.parts = args, device, args.data in TOY_NAMES, {}
-        self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt}
+    def __init__(self, data, img_size, data_root, ckpt, device, inception_weights=None):
+        self.device = device
+        self.toy = data in TOY_NAMES
+        self.parts = {}
+        self.results = {"data": data, "img_size": img_size, "ckpt": ckpt}
         if self.toy:
-            self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
-                                                                             args.data_root, device)
+            self.judge, self.results["judge_accuracy_real"] = load_toy_judge(data, img_size, data_root, device)
             self.features = lambda images: self.judge.features(images).double().cpu()
         else:
-            inception, self.results["inception"] = fid_inception(args.inception_weights)
+            inception, self.results["inception"] = fid_inception(inception_weights)
             self.features = lambda images: extract_features(inception.to(device), [images], device)
 
     def add(self, direction, batch, out, attention):
         """A test batch of the source domain (image, toy GT mask), its translations and attention maps."""
-        x, metrics, part = batch["image"].to(self.device), {}, self.parts.setdefault(direction, {"sums": {}, "n": 0})
+        x = batch["image"].to(self.device)
+        part = self.parts.setdefault(direction, {"sums": {}, "n": 0})
+        metrics = {}
         if self.toy:
             mask = batch["mask"].to(self.device)
             metrics["background_psnr_db"], metrics["background_l1"] = masked_psnr_l1(x, out, mask)
@@ -1495,41 +1510,46 @@ class TranslationMetrics:
         self.parts.setdefault(direction, {"sums": {}, "n": 0}).setdefault("real", []).append(
             self.features(batch["image"].to(self.device)))
 
-    def write(self):
+    def summary(self):
+        """The results dict: one entry per direction."""
         for direction, part in self.parts.items():
-            m = {**{k: v / part["n"] for k, v in part["sums"].items()}, "images": part["n"]}
-            self.results[direction] = {**m, **_kid_fid(torch.cat(part["real"]), torch.cat(part["fake"]),
-                                                       "toy_" if self.toy else "")}
-        return write_metrics(self.args.out, self.results)
+            means = {k: v / part["n"] for k, v in part["sums"].items()}
+            kid_fid = _kid_fid(torch.cat(part["real"]), torch.cat(part["fake"]), "toy_" if self.toy else "")
+            self.results[direction] = {**means, "images": part["n"], **kid_fid}
+        return self.results
 
 
 class AttributeMetrics:
-    """--phase eval of an attribute script: add() every single-attribute change of the test split, summary().
-    toy-attr: the judge reads the target value (attribute_accuracy) and the rest unchanged (kept_accuracy), PSNR/L1
-    outside the change's GT region, attention IoU/pointing, retrieval_top30 (of the 30 nearest train images in
-    judge features one has all target labels). Real data: KID and FID against the real test images."""
+    """--phase eval of an attribute script: add() every single-attribute change of `test_set`, summary() (naming
+    the weights `ckpt`). toy-attr: the judge cached in data_root reads the target value (attribute_accuracy) and the
+    rest unchanged (kept_accuracy), PSNR/L1 outside the change's GT region, attention IoU/pointing, retrieval_top30
+    (of the 30 nearest train images in judge features one has all target labels). Real data: KID and FID."""
 
-    def __init__(self, args, attrs, test_set, device):
-        self.args, self.attrs, self.device, self.toy = args, attrs, device, args.data in TOY_NAMES
-        self.results = {"data": args.data, "img_size": args.img_size, "ckpt": args.ckpt,
+    def __init__(self, attrs, test_set, data, img_size, data_root, ckpt, device, workers=0, inception_weights=None):
+        self.attrs = attrs
+        self.device = device
+        self.toy = data in TOY_NAMES
+        self.results = {"data": data, "img_size": img_size, "ckpt": ckpt,
                         "manipulated": [attrs.names[g] for g in attrs.manipulated]}
         self.sums, self.fake = {g: {} for g in attrs.manipulated}, {g: [] for g in attrs.manipulated}
         if self.toy:
-            self.judge, self.results["judge_accuracy_real"] = load_toy_judge(args.data, args.img_size,
-                                                                             args.data_root, device)
-            gallery = ToyDataset("toy-attr", "train", args.img_size)
+            self.judge, self.results["judge_accuracy_real"] = load_toy_judge(data, img_size, data_root, device)
+            gallery = ToyDataset("toy-attr", "train", img_size)
             with torch.no_grad():
                 self.gallery_features = torch.cat([self.judge.features(b["image"].to(device)).float()
-                                                   for b in test_batches(gallery, args, batch_size=200)])
+                                                   for b in test_batches(gallery, workers, batch_size=200)])
             self.gallery_labels = gallery.labels.to(device)
         else:
-            self.inception, self.results["inception"] = fid_inception(args.inception_weights)
+            self.inception, self.results["inception"] = fid_inception(inception_weights)
             self.inception = self.inception.to(device)
-            self.real = extract_features(self.inception, (b["image"] for b in test_batches(test_set, args)), device)
+            images = (b["image"] for b in test_batches(test_set, workers))
+            self.real = extract_features(self.inception, images, device)
 
     def add(self, batch, keep, group, value, target, out, attention):
         """The images `keep` of a test batch changed to `value` of `group` (target: the batch's targets)."""
-        x, target, part = batch["image"].to(self.device)[keep], target[keep], {}
+        x = batch["image"].to(self.device)[keep]
+        target = target[keep]
+        part = {}
         if self.toy:
             with torch.no_grad():
                 predicted = torch.stack([logits.argmax(1) for logits in self.judge(out)], dim=1)

@@ -56,7 +56,7 @@ TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, iters=
 # =============================================================================================
 
 
-class ResBlock(nn.Module):
+class ResidualBlock(nn.Module):
     """The TF CycleGAN residual block: ReLU(x + IN(conv3(pad(ReLU(IN(conv3(pad(x)))))))), affine IN."""
 
     def __init__(self, dim, pad_mode):
@@ -85,7 +85,7 @@ class AttentionNet(nn.Module):
         self.model = nn.Sequential(
             nn.ReflectionPad2d(3), *conv_in_relu(3, ngf, 7, 2),
             *conv_in_relu(ngf, ngf * 2, 3, 2, 1),
-            ResBlock(ngf * 2, "reflect"),
+            ResidualBlock(ngf * 2, "reflect"),
             nn.Upsample(scale_factor=2, mode="nearest"), *conv_in_relu(ngf * 2, ngf * 2, k3, 1, k3 // 2, "reflect"),
             nn.Upsample(scale_factor=2, mode="nearest"), *conv_in_relu(ngf * 2, ngf, k3, 1, k3 // 2, "reflect"),
             nn.Conv2d(ngf, 1, k7, 1, k7 // 2, padding_mode="reflect"), nn.Sigmoid())
@@ -102,7 +102,7 @@ class Generator(nn.Module):
         super().__init__()
         layers = [*conv_in_relu(3, ngf, 7, 1, 3), *conv_in_relu(ngf, ngf * 2, 3, 2, 1),
                   *conv_in_relu(ngf * 2, ngf * 4, 3, 2, 1)]
-        layers += [ResBlock(ngf * 4, "zeros") for _ in range(n_res)]
+        layers += [ResidualBlock(ngf * 4, "zeros") for _ in range(n_res)]
         for mult in (4, 2):
             layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1),
                        nn.InstanceNorm2d(ngf * mult // 2, affine=True), nn.ReLU(True)]
@@ -153,7 +153,7 @@ def translation(nets, x, direction, frozen_attention=False):
     return Translation(compose(generated, attention, x), attention, generated)
 
 
-def check_img_size(args):
+def check_args(args):
     if args.img_size % 4 or args.img_size < 32:
         raise common.UserError(f"--img_size {args.img_size} does not work: the networks halve the image twice and "
                                f"double it back (a multiple of 4), and the 70x70 PatchGAN needs at least 32 px.")
@@ -196,7 +196,9 @@ class ImagePool:
     Items are (image, attention of its source image) pairs for the attention-guided discriminators."""
 
     def __init__(self, size, seed=0):
-        self.size, self.items, self.rng = size, [], random.Random(seed)
+        self.size = size
+        self.items = []
+        self.rng = random.Random(seed)
 
     def query(self, *tensors):
         if self.size == 0:
@@ -241,7 +243,7 @@ def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_, switched)
     # ---------------- Generator (and attention) update ----------------
     for d in discs:
         d.requires_grad_(False)
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         # s' = A_S(s) * F_{S->T}(s) + (1 - A_S(s)) * s (Eq. 1)
         fake_b, att_a, _ = translation(nets, real_a, "a2b", switched)
         fake_a, att_b, _ = translation(nets, real_b, "b2a", switched)
@@ -263,7 +265,7 @@ def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_, switched)
     # ---------------- Discriminator update (pooled (image, source attention) pairs) ----------------
     for d in discs:
         d.requires_grad_(True)
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         d_loss = 0.0
         # real images are masked by their own domain's attention, fakes by their source image's
         for domain, real, real_att, fake, fake_att in (("a", real_a, att_a, fake_a, att_b),
@@ -294,13 +296,14 @@ def train(args, dist_, device, nets):
                         device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
     pools = {d: ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
-    train_a, train_b = common.domain_images(args, "train", "A"), common.domain_images(args, "train", "B")
+    train_a = common.domain_images(args.data, args.data_root, args.img_size, "train", "A")
+    train_b = common.domain_images(args.data, args.data_root, args.img_size, "train", "B")
     if args.iters is None:  # CycleGAN's epoch: a pass over the larger domain, all processes together
         epochs, n_images = args.epochs, max(len(train_a), len(train_b))
         args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
     start_step, extra = 0, {}
-    if args.phase == "train":
-        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.phase == "train":  # refuses to overwrite a run; writes args.json
+        common.prepare_out(args.out, args.ckpt, vars(args), args.resume, dist_.main)
     if args.resume:  # a resumed run continues with its saved pools
         ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
         start_step, extra = ckpt["step"], ckpt["extra"]
@@ -308,13 +311,13 @@ def train(args, dist_, device, nets):
             if f"pool_{d}" in extra:
                 pool.load_state_dict(extra[f"pool_{d}"], device)
     dist_.broadcast(nets.values())
-    batches_a = common.train_batches(train_a, args, device, dist_, start_step, seed_offset=0)
-    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    batches_a = common.train_batches(train_a, args.batch_size, args.workers, args.seed, device, dist_, start_step)
+    batches_b = common.train_batches(train_b, args.batch_size, args.workers, args.seed + 1, device, dist_, start_step)
     if args.resume:  # after the data streams, which draw their seeds from the global RNG
         common.set_rng_state(ckpt["rng"])
 
     if args.phase == "bench":  # it/s, images/s and peak memory of the training step (before the switch)
-        bench = common.Bench(args, device)
+        bench = common.Bench(device, args.img_size, args.batch_size, args.amp, args.compile)
         for _ in bench.steps():
             losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_, False)
         bench.report(losses)
@@ -326,7 +329,8 @@ def train(args, dist_, device, nets):
     decay_start = args.iters * args.decay_epoch / args.epochs
     switched = False
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
+    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         if step > switch_step and not switched:  # the discriminator switch (Sec. 3), also after a resume
             switch_discriminators(nets)
@@ -345,7 +349,7 @@ def train(args, dist_, device, nets):
             log.write(step, lr)
             if dist_.main:
                 extra = {"elapsed": log.seconds(), **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
-                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, extra)
+                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
             log.last_saved = step
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
@@ -391,11 +395,15 @@ def test(args, nets, device, step):
     """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
     (or the --input images), the inputs as test/input/<domain>/<name>.png, and test/index.html showing
     input, attention and output side by side, a row per image and direction."""
-    folder, rows = os.path.join(args.out, "test"), []
-    for direction, source, _ in common.directions(args):
-        images = common.input_images(args) if args.input else common.domain_images(args, "test", source)
+    folder = os.path.join(args.out, "test")
+    rows = []
+    for direction, source, _ in common.directions(args.direction):
+        if args.input:
+            images = common.input_images(args.input, args.img_size)
+        else:
+            images = common.domain_images(args.data, args.data_root, args.img_size, "test", source)
         count = 0
-        for batch in common.test_batches(images, args):
+        for batch in common.test_batches(images, args.workers):
             x = batch["image"].to(device)
             out, attention = translate(nets, x, direction)
             common.save_pictures(os.path.join(folder, "input", source), batch["name"], x)
@@ -408,28 +416,23 @@ def test(args, nets, device, step):
                             ["input", "attention", "output"], rows)
 
 
-def export(args, nets, step):
-    """--phase export: the networks translation needs -> <out>/export/: generators.pt (--export_dtype) and
-    <name>.pt2 per network, the torch.export program (fp32) for a batch of any size at --img_size."""
-    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
-    translators = {k: m for k, m in nets.items() if not k.startswith("disc")}  # generators, attention networks
-    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, translators,
-                           {k: (x,) for k in translators})
-
-
 @torch.no_grad()
 def evaluate(args, nets, device):
-    """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
-    metrics = common.TranslationMetrics(args, device)
-    for direction, source, target in common.directions(args):
-        for batch in common.test_batches(common.domain_images(args, "test", source), args):
+    """--phase eval: the toy metrics (or KID/FID) on the test split -> <out>/metrics.json."""
+    metrics = common.TranslationMetrics(args.data, args.img_size, args.data_root, args.ckpt, device,
+                                        args.inception_weights)
+    for direction, source, target in common.directions(args.direction):
+        sources = common.domain_images(args.data, args.data_root, args.img_size, "test", source)
+        for batch in common.test_batches(sources, args.workers):
             metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
-        for batch in common.test_batches(common.domain_images(args, "test", target), args):
+        targets = common.domain_images(args.data, args.data_root, args.img_size, "test", target)
+        for batch in common.test_batches(targets, args.workers):
             metrics.add_real(direction, batch)
-    metrics.write()
+    common.write_metrics(args.out, metrics.summary())
 
 
-def main(argv=None):
+def parse_flags(argv=None):
+    """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="UAG (Mejjati et al., NeurIPS 2018): unsupervised attention-guided image-to-image translation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -455,24 +458,26 @@ def main(argv=None):
     parser.set_defaults(lr=1e-4)
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS,
                              positive=("ngf", "ndf", "epochs"))
-    check_img_size(args)
+    check_args(args)
+    return args
 
+
+def main(argv=None):
+    args = parse_flags(argv)
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
-    device = common.pick_device(args, dist_.local_rank)
+    device = common.pick_device(args.device, dist_.local_rank, args.amp)
     common.seed_everything(args.seed)
     nets = build_networks(args)
     for net in nets.values():
         common.to_device(net, device)
         if args.compile:
             net.compile()
-    if args.phase in ("test", "eval", "export"):
-        nets, step = common.load_for_inference(args, SCRIPT, nets, device)
+    if args.phase in ("test", "eval"):
+        nets, step = common.load_for_inference(args.ckpt, SCRIPT, nets)
         if args.phase == "test":
             test(args, nets, device, step)
-        elif args.phase == "eval":
-            evaluate(args, nets, device)
         else:
-            export(args, nets, step)
+            evaluate(args, nets, device)
     else:
         train(args, dist_, device, nets)
     dist_.close()

@@ -39,7 +39,6 @@ Deviations from the official PyTorch code (each keeps the paper's math unless it
 """
 import argparse
 import os
-import re
 
 import torch
 import torch.nn as nn
@@ -115,7 +114,7 @@ def decoder_norms(kind, ch):
     return make(ch), make(ch)
 
 
-class ResnetBlock(nn.Module):
+class ResidualBlock(nn.Module):
     """The encoder's residual block: x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x), no conv bias."""
 
     def __init__(self, dim):
@@ -128,7 +127,7 @@ class ResnetBlock(nn.Module):
         return x + self.block(x)
 
 
-class AdaptiveResBlock(nn.Module):
+class AdaptiveResidualBlock(nn.Module):
     """Decoder residual block: x + norm(conv3(ReLU(norm(conv3(x))))), norms fed by the MLP's gamma, beta."""
 
     def __init__(self, dim, norm):
@@ -151,13 +150,15 @@ class Generator(nn.Module):
 
     def __init__(self, ch=64, n_res=4, img_size=256, light=False, cam=True, norm="adalin"):
         super().__init__()
-        self.light, self.cam, self.adaptive = light, cam, norm in ("adalin", "adain")
+        self.light = light
+        self.cam = cam
+        self.adaptive = norm in ("adalin", "adain")
         enc = [nn.ReflectionPad2d(3), nn.Conv2d(3, ch, 7, bias=False), nn.InstanceNorm2d(ch), nn.ReLU(True)]
         for mult in (1, 2):  # two stride-2 convs: ch -> 2ch -> 4ch
             enc += [nn.ReflectionPad2d(1), nn.Conv2d(ch * mult, ch * mult * 2, 3, 2, bias=False),
                     nn.InstanceNorm2d(ch * mult * 2), nn.ReLU(True)]
         dim = ch * 4
-        enc += [ResnetBlock(dim) for _ in range(n_res)]
+        enc += [ResidualBlock(dim) for _ in range(n_res)]
         self.encoder = nn.Sequential(*enc)
         if cam:
             # auxiliary classifier eta_s: bias-free logits on the global average and max pooled features
@@ -168,7 +169,7 @@ class Generator(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(mlp_in, dim, bias=False), nn.ReLU(True),
                                      nn.Linear(dim, dim, bias=False), nn.ReLU(True))
             self.gamma, self.beta = nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
-        self.res_blocks = nn.ModuleList([AdaptiveResBlock(dim, norm) for _ in range(n_res)])
+        self.res_blocks = nn.ModuleList([AdaptiveResidualBlock(dim, norm) for _ in range(n_res)])
         up = []
         for mult in (4, 2):
             up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
@@ -236,7 +237,7 @@ class Discriminator(nn.Module):
         return self.classifier(self.pad(x)), cam_logit, heatmap
 
 
-def check_img_size(args):
+def check_args(args):
     """Exit 2 on an image size the networks cannot take."""
     def d_out(n_layers):
         s = args.img_size
@@ -273,62 +274,6 @@ def build_networks(args):
     return nets
 
 
-# ---------------- The official PyTorch code's checkpoints (--from_official) ----------------
-
-OFFICIAL_NETS = {"genA2B": "gen_a2b", "genB2A": "gen_b2a", "disGA": "disc_global_a", "disGB": "disc_global_b",
-                 "disLA": "disc_local_a", "disLB": "disc_local_b"}  # disGA judges domain A, as our disc_global_a
-# official key -> ours: (pattern, replacement) applied in order to every key of a network
-OFFICIAL_GEN_KEYS = ((r"^DownBlock\.(\d+)\.conv_block\.", r"encoder.\1.block."), (r"^DownBlock\.", "encoder."),
-                     (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", lambda m: f"res_blocks.{int(m[1]) - 1}."),
-                     (r"^UpBlock2\.", "upsample."))
-OFFICIAL_DISC_KEYS = ((r"^model\.", "trunk."), (r"^conv\.", "classifier."),
-                      # the legacy torch.nn.utils.spectral_norm's tensors -> the parametrization's
-                      (r"\.weight_orig$", ".parametrizations.weight.original"),
-                      (r"\.weight_u$", ".parametrizations.weight.0._u"),
-                      (r"\.weight_v$", ".parametrizations.weight.0._v"))
-
-
-def official_hints(params, args):
-    """[(applies, the flag that would fit)]: the networks of an official checkpoint, read from its shapes."""
-    gen, disc = params["genA2B"], params["disGA"]
-    ch, fc_in = gen["DownBlock.1.weight"].shape[0], gen["FC.0.weight"].shape[1]
-    n_res = len({k.split(".")[0] for k in gen if k.startswith("UpBlock1_")})
-    n_dis = sum(k.endswith(".weight_orig") for k in disc if k.startswith("model."))
-    light, side = fc_in == 4 * ch, 4 * round((fc_in / (4 * ch)) ** 0.5)  # the full MLP reads (img/4)^2 x 4ch
-    return [(args.ch != ch, f"the file's networks have {ch} base channels: add --ch {ch}"),
-            (args.n_res != n_res, f"the file has {n_res} residual blocks: add --n_res {n_res}"),
-            (args.light != light, "the file's generator is the " + ("light variant: add --light" if light else
-                                                                     "full variant: add --no-light")),
-            (not light and args.img_size != side, f"the file's full generator takes {side} px: add --img_size {side}"),
-            (args.n_dis != n_dis, f"the file's global discriminator has {n_dis + 1} layers: add --n_dis {n_dis}"),
-            (args.no_cam or args.no_gcam or args.no_dcam, "the official networks have their CAM: drop --no_*cam"),
-            (args.norm != "adalin", "the official decoder uses AdaLIN: drop --norm")]
-
-
-def load_official(path, nets, args):
-    """Load a checkpoint of the official PyTorch code (znxlwm/UGATIT-pytorch) into `nets` -> its step.
-
-    Layout: UGATIT.save writes <result_dir>/<dataset>/model/<dataset>_params_<step:07d>.pt, a dict with the
-    state dicts genA2B, genB2A (ResnetGenerator), disGA, disGB (Discriminator, n_layers 7: our global Ds),
-    disLA, disLB (n_layers 5: local), no optimizer state. Keys are renamed by name: DownBlock -> encoder,
-    FC -> mlp, UpBlock1_<i> -> res_blocks.<i-1>, UpBlock2 -> upsample; in the Ds model -> trunk, conv ->
-    classifier, and the legacy spectral norm's weight_orig/weight_u/weight_v -> the parametrization's
-    original/_u/_v (the same power-iteration vectors, so eval outputs equal the official ones). The step
-    comes from the file name (0 when it has none, e.g. <dataset>_params_latest.pt)."""
-    if not os.path.isfile(path):
-        raise common.UserError(f"--from_official {path}: there is no such file.")
-    params = common.read_weights(path)
-    if absent := [k for k in OFFICIAL_NETS if not isinstance(params.get(k), dict)]:
-        raise common.UserError(f"--from_official {path} is not a checkpoint of the official U-GAT-IT PyTorch code: "
-                               f"it lacks the state dicts {', '.join(absent)} (UGATIT.save writes genA2B, genB2A, "
-                               f"disGA, disGB, disLA, disLB into <dataset>_params_<step>.pt).")
-    states = {ours: common.rename_keys(params[theirs], OFFICIAL_GEN_KEYS if ours.startswith("gen") else
-                                       OFFICIAL_DISC_KEYS) for theirs, ours in OFFICIAL_NETS.items()}
-    common.load_renamed(path, nets, states, lambda: official_hints(params, args))
-    found = re.search(r"_params_(\d+)\.pt$", os.path.basename(path))
-    return int(found[1]) if found else 0
-
-
 def clip_rho(gen):
     """rho <- clip_[0,1](rho) after every update (paper Sec. 2.1.1)."""
     for m in gen.modules():
@@ -359,7 +304,7 @@ def train_step(args, nets, opt_g, opt_d, real_a, real_b, dist_):
     disc_pairs_b = [nets["disc_global_b"], nets["disc_local_b"]]  # judge domain B: real B vs A->B
     use_gcam, use_dcam = not (args.no_cam or args.no_gcam), not (args.no_cam or args.no_dcam)
     n = real_a.shape[0]
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         # One forward per generator: its translation and its identity mapping (deviations 2, 3).
         out_a2b, cam_a2b, _ = gen_a2b(torch.cat([real_a, real_b]))
         out_b2a, cam_b2a, _ = gen_b2a(torch.cat([real_b, real_a]))
@@ -369,7 +314,7 @@ def train_step(args, nets, opt_g, opt_d, real_a, real_b, dist_):
     # ---------------- Discriminator update ----------------
     for d in discs:
         d.requires_grad_(True)
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         d_adv, d_cam = 0.0, 0.0
         for disc_list, real, fake in ((disc_pairs_a, real_a, fake_b2a), (disc_pairs_b, real_b, fake_a2b)):
             for disc in disc_list:
@@ -388,7 +333,7 @@ def train_step(args, nets, opt_g, opt_d, real_a, real_b, dist_):
     # ---------------- Generator update ----------------
     for d in discs:
         d.requires_grad_(False)
-    with common.autocast(args, real_a.device):
+    with common.autocast(args.amp, real_a.device):
         rec_a, _, _ = gen_b2a(fake_a2b)
         rec_b, _, _ = gen_a2b(fake_b2a)
         g_adv, g_cam_adv = 0.0, 0.0
@@ -427,28 +372,30 @@ def train_step(args, nets, opt_g, opt_d, real_a, real_b, dist_):
 # =============================================================================================
 
 
-def train(args, dist_, device, nets, start_step=0):
-    """--phase train (and bench): optimizers, data, resume, then the loop (from `start_step`: --from_official)."""
+def train(args, dist_, device, nets):
+    """--phase train (and bench): optimizers, data, resume, then the loop."""
     gens = [nets["gen_a2b"], nets["gen_b2a"]]
     discs = [nets[k] for k in nets if k.startswith("disc")]
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device, args.weight_decay)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-    train_a, train_b = common.domain_images(args, "train", "A"), common.domain_images(args, "train", "B")
+    train_a = common.domain_images(args.data, args.data_root, args.img_size, "train", "A")
+    train_b = common.domain_images(args.data, args.data_root, args.img_size, "train", "B")
+    start_step = 0
     extra = {}
-    if args.phase == "train":
-        common.prepare_out(args, dist_)  # refuses to overwrite a run; writes args.json
+    if args.phase == "train":  # refuses to overwrite a run; writes args.json
+        common.prepare_out(args.out, args.ckpt, vars(args), args.resume, dist_.main)
     if args.resume:
         ckpt = common.load_checkpoint(args.ckpt, SCRIPT, nets, optimizers)
         start_step, extra = ckpt["step"], ckpt["extra"]
     dist_.broadcast(nets.values())
-    batches_a = common.train_batches(train_a, args, device, dist_, start_step, seed_offset=0)
-    batches_b = common.train_batches(train_b, args, device, dist_, start_step, seed_offset=1)
+    batches_a = common.train_batches(train_a, args.batch_size, args.workers, args.seed, device, dist_, start_step)
+    batches_b = common.train_batches(train_b, args.batch_size, args.workers, args.seed + 1, device, dist_, start_step)
     if args.resume:  # after the data streams, which draw their seeds from the global RNG
         common.set_rng_state(ckpt["rng"])
 
     if args.phase == "bench":  # it/s, images/s and peak memory of the training step, as one JSON line
-        bench = common.Bench(args, device)
+        bench = common.Bench(device, args.img_size, args.batch_size, args.amp, args.compile)
         for _ in bench.steps():
             losses = train_step(args, nets, opt_g, opt_d, next(batches_a), next(batches_b), dist_)
         bench.report(losses)
@@ -459,7 +406,8 @@ def train(args, dist_, device, nets, start_step=0):
     sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
     decay_start = args.iters // 2 if args.decay else args.iters
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args, dist_, start_step, extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
+    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
     for step in range(start_step + 1, last_step + 1):
         lr = common.linear_decay(step, args.lr, args.iters, decay_start)
         common.set_lr([opt_g, opt_d], lr)
@@ -474,7 +422,8 @@ def train(args, dist_, device, nets, start_step=0):
         if save or interrupted:
             log.write(step, lr)
             if dist_.main:
-                common.save_checkpoint(args.ckpt, SCRIPT, args, step, nets, optimizers, {"elapsed": log.seconds()})
+                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers,
+                                       {"elapsed": log.seconds()})
             log.last_saved = step
         if interrupted:
             raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
@@ -520,11 +469,15 @@ def test(args, nets, device, step):
     """--phase test: <out>/test/<direction>/<name>.png and <name>_attention.png for the test split
     (or the --input images), the inputs as test/input/<domain>/<name>.png, and test/index.html showing
     input, attention and output side by side, a row per image and direction."""
-    folder, rows = os.path.join(args.out, "test"), []
-    for direction, source, _ in common.directions(args):
-        images = common.input_images(args) if args.input else common.domain_images(args, "test", source)
+    folder = os.path.join(args.out, "test")
+    rows = []
+    for direction, source, _ in common.directions(args.direction):
+        if args.input:
+            images = common.input_images(args.input, args.img_size)
+        else:
+            images = common.domain_images(args.data, args.data_root, args.img_size, "test", source)
         count = 0
-        for batch in common.test_batches(images, args):
+        for batch in common.test_batches(images, args.workers):
             x = batch["image"].to(device)
             out, heatmap = translate(nets, x, direction)
             common.save_pictures(os.path.join(folder, "input", source), batch["name"], x)
@@ -537,28 +490,23 @@ def test(args, nets, device, step):
                             ["input", "attention", "output"], rows)
 
 
-def export(args, nets, step):
-    """--phase export: the networks translation needs -> <out>/export/: generators.pt (--export_dtype) and
-    <name>.pt2 per network, the torch.export program (fp32) for a batch of any size at --img_size."""
-    x = torch.zeros(2, 3, args.img_size, args.img_size)  # an example batch of 2 keeps the batch size free
-    translators = {k: nets[k] for k in ("gen_a2b", "gen_b2a")}
-    common.export_networks(os.path.join(args.out, "export"), SCRIPT, args, step, translators,
-                           {k: (x,) for k in translators})
-
-
 @torch.no_grad()
 def evaluate(args, nets, device):
-    """--phase eval: the metrics of SPEC section 3 on the test split -> <out>/metrics.json."""
-    metrics = common.TranslationMetrics(args, device)
-    for direction, source, target in common.directions(args):
-        for batch in common.test_batches(common.domain_images(args, "test", source), args):
+    """--phase eval: the toy metrics (or KID/FID) on the test split -> <out>/metrics.json."""
+    metrics = common.TranslationMetrics(args.data, args.img_size, args.data_root, args.ckpt, device,
+                                        args.inception_weights)
+    for direction, source, target in common.directions(args.direction):
+        sources = common.domain_images(args.data, args.data_root, args.img_size, "test", source)
+        for batch in common.test_batches(sources, args.workers):
             metrics.add(direction, batch, *translate(nets, batch["image"].to(device), direction))
-        for batch in common.test_batches(common.domain_images(args, "test", target), args):
+        targets = common.domain_images(args.data, args.data_root, args.img_size, "test", target)
+        for batch in common.test_batches(targets, args.workers):
             metrics.add_real(direction, batch)
-    metrics.write()
+    common.write_metrics(args.out, metrics.summary())
 
 
-def main(argv=None):
+def parse_flags(argv=None):
+    """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="U-GAT-IT (Kim et al., ICLR 2020): attention-guided unpaired image-to-image translation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -586,46 +534,29 @@ def main(argv=None):
     add("--init", default="normal", choices=["normal", "default"],
         help="N(0, 0.02) init (paper) or PyTorch's default (official PyTorch code)")
     add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
-    add("--from_official", default=None, metavar="PATH",
-        help="test, evaluate or continue training a checkpoint of the official PyTorch code, "
-             "<dataset>_params_<step>.pt (training continues at its step with fresh Adam moments)")
-    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
-                             positive=("ch",))
-    check_img_size(args)
-    if args.from_official and args.resume:
-        raise common.UserError("--from_official starts a new run and --resume continues one: give one of them.")
+    args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS, positive=("ch",))
+    check_args(args)
+    return args
 
+
+def main(argv=None):
+    args = parse_flags(argv)
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
-    device = common.pick_device(args, dist_.local_rank)
+    device = common.pick_device(args.device, dist_.local_rank, args.amp)
     common.seed_everything(args.seed)
     nets = build_networks(args)
-    start_step = load_official(args.from_official, nets, args) if args.from_official else 0
-    if args.from_official:
-        print(f"loaded {', '.join(nets)} from {args.from_official} (step {start_step})")
     for net in nets.values():
         common.to_device(net, device)
         if args.compile:
             net.compile()
-    if args.phase in ("test", "eval", "export"):
-        if args.from_official:
-            args.ckpt, step = args.from_official, start_step  # the weights metrics.json names
-            nets = {k: m.eval() for k, m in nets.items()}
-        else:
-            nets, step = common.load_for_inference(args, SCRIPT, nets, device)
+    if args.phase in ("test", "eval"):
+        nets, step = common.load_for_inference(args.ckpt, SCRIPT, nets)
         if args.phase == "test":
             test(args, nets, device, step)
-        elif args.phase == "eval":
-            evaluate(args, nets, device)
         else:
-            export(args, nets, step)
+            evaluate(args, nets, device)
     else:
-        if args.from_official and args.phase == "train":
-            if start_step >= args.iters:
-                raise common.UserError(f"--from_official {args.from_official} is at step {start_step} and --iters is "
-                                       f"{args.iters}: nothing is left to train. Raise --iters.")
-            print(f"starting at step {start_step} of {args.from_official} with fresh Adam moments (the official "
-                  f"checkpoint holds no optimizer state)")
-        train(args, dist_, device, nets, start_step)
+        train(args, dist_, device, nets)
     dist_.close()
 
 

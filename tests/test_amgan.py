@@ -193,7 +193,7 @@ class TinyLabelled(torch.utils.data.Dataset):
 
 
 def test_reference_has_all_target_labels_or_the_most_with_the_manipulated_group():
-    toy = common.attribute_data(argparse.Namespace(data="toy-attr", attrs=None, img_size=16), "train")[1]
+    toy = common.attribute_data("toy-attr", "unused", 16, None, "train")[1]
     bank = amgan.ReferenceBank(toy, 2, seed=0, device="cpu")
     assert len(bank.labels) == 2 * len(torch.unique(toy.labels, dim=0))
     target = toy.labels[torch.randperm(len(toy.labels))[:64]]

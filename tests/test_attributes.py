@@ -24,8 +24,9 @@ def write_celeba(root, rows, names=NAMES, count=None):
     (root / common.CELEBA_ATTR_FILE).write_text("\n".join(lines) + "\n")
 
 
-def celeba_args(root, **kw):
-    return argparse.Namespace(**{"data": str(root), "data_root": "unused", "attrs": None, "img_size": 32, **kw})
+def read_split(root, split, attrs=None):
+    """common.attribute_data on the dataset folder `root` at 32 px."""
+    return common.attribute_data(str(root), "unused", 32, attrs, split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,8 +64,8 @@ def test_celeba_split_is_stargans_seeded_shuffle_with_2000_test_images(tmp_path)
     lines = list(range(n))
     random.seed(1234)
     random.shuffle(lines)  # StarGAN: random.seed(1234); random.shuffle(lines); the first ones are the test split
-    attrs, test = common.attribute_data(celeba_args(tmp_path), "test")
-    _, train = common.attribute_data(celeba_args(tmp_path), "train")
+    attrs, test = read_split(tmp_path, "test")
+    _, train = read_split(tmp_path, "train")
     assert len(test) == 2000 and len(train) == 6
     assert [f.split("/")[-1] for f in train.files] == [rows[i][0] for i in lines[2000:]]
     expected = torch.tensor([[1 if (i >> k) & 1 else 0 for k in range(5)] for i in lines[2000:]])
@@ -75,7 +76,7 @@ def test_celeba_split_is_stargans_seeded_shuffle_with_2000_test_images(tmp_path)
 def test_celeba_images_get_stargans_preprocessing(tmp_path):
     write_celeba(tmp_path, [(f"{i}.png", [1, -1, -1, 1, 1]) for i in range(2004)])
     (tmp_path / "img_align_celeba").mkdir()
-    _, train = common.attribute_data(celeba_args(tmp_path), "train")
+    _, train = read_split(tmp_path, "train")
     # a CelebA-sized image (178 x 218): red top 20 rows, which CenterCrop(178) removes, then grey
     im = Image.new("RGB", (178, 218), (128, 128, 128))
     im.paste((255, 0, 0), (0, 0, 178, 20))
@@ -89,12 +90,12 @@ def test_celeba_images_get_stargans_preprocessing(tmp_path):
 def test_unknown_attribute_and_missing_files_are_clear_errors(tmp_path):
     write_celeba(tmp_path, [("1.jpg", [1, -1, -1, 1, 1])] * 3)
     with pytest.raises(common.UserError, match="img_align_celeba"):
-        common.attribute_data(celeba_args(tmp_path), "train")
+        read_split(tmp_path, "train")
     (tmp_path / "img_align_celeba").mkdir()
     with pytest.raises(common.UserError, match="unknown attribute Bald_ish; this dataset has Black_Hair"):
-        common.attribute_data(celeba_args(tmp_path, attrs="Male,Bald_ish"), "train")
+        read_split(tmp_path, "train", "Male,Bald_ish")
     with pytest.raises(common.UserError, match="neither list_attr_celeba.txt nor labels.csv"):
-        common.attribute_data(celeba_args(tmp_path / "img_align_celeba"), "train")
+        read_split(tmp_path / "img_align_celeba", "train")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,8 +128,8 @@ def test_labels_csv_dataset_splits_a_tenth_for_testing_and_selects_attrs(tmp_pat
     rows = [f"{i}.png,{['red', 'blue', 'green'][i % 3]},{['long', 'short'][i % 2]},{['tee', 'shirt'][i % 2]}" for i in range(30)]
     (tmp_path / "labels.csv").write_text("filename,color,sleeve,category\n" + "\n".join(rows) + "\n")
     (tmp_path / "images").mkdir()
-    attrs, test = common.attribute_data(celeba_args(tmp_path, attrs="sleeve,color"), "test")
-    _, train = common.attribute_data(celeba_args(tmp_path, attrs="sleeve,color"), "train")
+    attrs, test = read_split(tmp_path, "test", "sleeve,color")
+    _, train = read_split(tmp_path, "train", "sleeve,color")
     assert len(test) == 3 and len(train) == 27 and not set(test.files) & set(train.files)
     assert attrs.names == ["color", "sleeve", "category"] and attrs.manipulated == [1, 0]
     assert attrs.c_dim == 2 + 3 and attrs.slices == {1: slice(0, 2), 0: slice(2, 5)}

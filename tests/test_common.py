@@ -59,20 +59,18 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, capsys):
 
 
 def test_unpaired_layout_both_styles_and_errors(tmp_path):
-    class A:
-        data, data_root, img_size = "d", str(tmp_path), 16
+    root = str(tmp_path)
     write_images(tmp_path / "d" / "trainA", 2)
     write_images(tmp_path / "d" / "train" / "B", 3)
-    assert len(common.domain_images(A, "train", "A")) == 2
-    assert len(common.domain_images(A, "train", "B")) == 3
+    assert len(common.domain_images("d", root, 16, "train", "A")) == 2
+    assert len(common.domain_images("d", root, 16, "train", "B")) == 3
     os.makedirs(tmp_path / "d" / "testA")
     with pytest.raises(common.UserError, match="empty"):
-        common.domain_images(A, "test", "A")
+        common.domain_images("d", root, 16, "test", "A")
     with pytest.raises(common.UserError, match="testB"):
-        common.domain_images(A, "test", "B")
-    A.data = "missing"
+        common.domain_images("d", root, 16, "test", "B")
     with pytest.raises(common.UserError, match="trainA,trainB,testA,testB"):
-        common.domain_images(A, "train", "A")
+        common.domain_images("missing", root, 16, "train", "A")
 
 
 def test_infinite_sampler_resumes_and_shards():
@@ -135,17 +133,14 @@ def test_linear_decay_matches_official_schedule():
 
 
 def test_checkpoint_round_trip_and_rng(tmp_path):
-    class Args:
-        pass
-    args = Args()
-    args.lr, args.name = 0.1, "x"
+    flags = {"lr": 0.1, "name": "x"}
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters())
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
     common.seed_everything(5)
     path = str(tmp_path / "ckpt.pt")
-    common.save_checkpoint(path, "ugatit", args, 7, {"net": net}, {"opt": opt}, {"elapsed": 1.5})
+    common.save_checkpoint(path, "ugatit", flags, 7, {"net": net}, {"opt": opt}, {"elapsed": 1.5})
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     net2 = torch.nn.Linear(3, 2)
     opt2 = torch.optim.Adam(net2.parameters())

@@ -1,6 +1,6 @@
-"""--phase export (generators.pt and torch.export programs) and the test phase's index.html, for every script."""
-import argparse
+"""tools/export.py (generators.pt and torch.export programs) and the test phase's index.html, for every script."""
 import glob
+import re
 import html.parser
 import os
 import shutil
@@ -19,6 +19,10 @@ import camconsistency
 import common
 import uag
 import ugatit
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import export as export_tool  # noqa: E402
 
 MODULES = {"ugatit": ugatit, "attentiongan": attentiongan, "uag": uag, "amgan": amgan, "camconsistency": camconsistency}
 COMMON = ["--img_size", "32", "--workers", "0", "--log_every", "1", "--sample_every", "0", "--save_every", "1"]
@@ -42,8 +46,7 @@ def runs(tmp_path_factory, data_root):
         if script not in done:
             out = str(tmp_path_factory.mktemp(script) / "run")
             MODULES[script].main(["--iters", "1", "--out", out, "--data_root", data_root, *COMMON, *TINY[script]])
-            MODULES[script].main(["--phase", "export", "--out", out])
-            done[script] = out, os.path.join(out, "export")
+            done[script] = out, export_tool.export(script, out)
         return done[script]
     return train_and_export
 
@@ -102,24 +105,24 @@ def check_index(folder, script, step):
 
 @pytest.mark.parametrize("script", list(MODULES))
 def test_test_from_the_export_gives_the_pictures_of_ckpt_and_an_index(script, tmp_path, data_root, runs):
-    """ckpt.pt and the .pt2 programs give the same outputs; index.html links what is on disk."""
+    """generators.pt holds the generators alone and tests like ckpt.pt; index.html links what is on disk."""
     out, export = runs(script)
-    assert sorted(os.listdir(export)) == sorted(["generators.pt"] + [f"{k}.pt2" for k in
-                                                 torch.load(os.path.join(export, "generators.pt"))["models"]])
     state = torch.load(os.path.join(export, "generators.pt"), weights_only=True)
+    assert sorted(os.listdir(export)) == sorted(["generators.pt"] + [f"{k}.pt2" for k in state["models"]])
     assert state["optimizers"] == {} and not any(k.startswith("disc") for k in state["models"])
+    assert state["extra"]["export_dtype"] == "fp32"
     assert os.path.getsize(os.path.join(export, "generators.pt")) < os.path.getsize(os.path.join(out, "ckpt.pt"))
     results = {}
-    for name, ckpt in (("ckpt", os.path.join(out, "ckpt.pt")), ("programs", export)):
+    for name, ckpt in (("ckpt", os.path.join(out, "ckpt.pt")), ("export", os.path.join(export, "generators.pt"))):
         folder = run_test_phase(script, str(tmp_path / name), ckpt, data_root, tmp_path)
         results[name] = pictures(folder)
         check_index(folder, script, 1)
-    reference, programs = results["ckpt"], results["programs"]
+    reference, exported = results["ckpt"], results["export"]
     if script == "camconsistency":  # its Grad-CAM maps need D, which an export does not hold
         reference = {k: v for k, v in reference.items() if not k.endswith("_attention.png")}
-    assert reference.keys() == programs.keys() and len(reference) > 3
+    assert reference.keys() == exported.keys() and len(reference) > 3
     for k in reference:
-        assert np.abs(reference[k] - programs[k]).max() <= 1, k  # the same picture, up to rounding
+        assert np.array_equal(reference[k], exported[k]), k  # fp32: the same weights, the same pictures
 
 
 PROGRAM_RUNNER = r"""
@@ -133,24 +136,18 @@ torch.save(out, sys.argv[2])
 """
 
 
-def test_programs_in_a_fresh_process_equal_the_eager_generators_for_batch_1_and_3(tmp_path, runs):
-    """ugatit (input x) and amgan (inputs x and the manipulation code): the .pt2 programs, loaded by a process that
-    never imported this project, give the eager networks' outputs for batches of 1 and 3 (exported with 2)."""
+def test_programs_in_a_fresh_process_equal_the_eager_networks_for_batch_1_and_3(tmp_path, runs):
+    """Every script's .pt2 programs, loaded by a process that never imported this project, give the eager networks'
+    outputs for batches of 1 and 3 (exported with 2); the attribute scripts' G takes (x, code)."""
     jobs, eager = [], {}
-    for script in ("ugatit", "amgan"):
-        export = runs(script)[1]
-        state = torch.load(os.path.join(export, "generators.pt"), weights_only=True)
-        args = argparse.Namespace(**state["args"])
-        if script == "ugatit":
-            nets = {k: v for k, v in ugatit.build_networks(args).items() if k in state["models"]}
-            shapes = [(3, 32, 32)]
-        else:
-            code_dim = state["models"]["gen"]["body.0.weight"].shape[1] - 3
-            nets, shapes = {"gen": amgan.Generator(code_dim, args.conv_dim, args.n_res)}, [(3, 32, 32), (code_dim,)]
+    for script in MODULES:
+        out, export = runs(script)
+        state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+        nets, examples = export_tool.translators(script, state)
         for k, net in nets.items():
             net.load_state_dict(state["models"][k])
             path = os.path.join(export, f"{k}.pt2")
-            jobs.append((path, shapes))
+            jobs.append((path, [tuple(t.shape[1:]) for t in examples[k]]))
             eager[path] = net.eval()
     subprocess.run([sys.executable, "-c", PROGRAM_RUNNER, repr(jobs), str(tmp_path / "out.pt")], check=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(tmp_path))
@@ -160,29 +157,55 @@ def test_programs_in_a_fresh_process_equal_the_eager_generators_for_batch_1_and_
         for path, shapes in jobs:
             for n in (1, 3):
                 expected = eager[path](*[torch.randn(n, *s) for s in shapes])
+                expected = expected if isinstance(expected, tuple) else (expected,)
                 got = outputs[path][n]
+                got = got if isinstance(got, (tuple, list)) else (got,)
                 assert len(got) == len(expected)
                 for g, e in zip(got, expected):
                     assert (g is None and e is None) or torch.allclose(g, e, atol=1e-5), path
 
 
+def test_the_readme_loading_example_runs_on_an_export(tmp_path, data_root):
+    """The README's Python block, run as it is in a fresh process next to a toy U-GAT-IT export."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S)[1]
+    assert "torch.export.load" in snippet
+    out = str(tmp_path / "results" / "ugatit_toy")
+    ugatit.main(["--iters", "1", "--out", out, "--data_root", data_root, *COMMON[2:], "--img_size", "64",
+                 *TINY["ugatit"]])
+    export_tool.main(["ugatit.py", "--out", out])
+    check = snippet + "\nassert image.shape == (4, 3, 64, 64) and heatmap.shape[0] == 4\nprint('ok')\n"
+    result = subprocess.run([sys.executable, "-c", check], cwd=str(tmp_path), capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
 def test_bf16_export_is_smaller_and_translates_alike(tmp_path, data_root, runs):
     """generators.pt in bf16 is smaller, and --phase test from it gives nearly the pictures of ckpt.pt."""
     fp32 = os.path.getsize(os.path.join(runs("camconsistency")[1], "generators.pt"))
-    out, export = str(tmp_path / "run"), str(tmp_path / "run" / "export")
+    out = str(tmp_path / "run")
     os.makedirs(out)
     shutil.copy(os.path.join(runs("camconsistency")[0], "ckpt.pt"), out)
-    camconsistency.main(["--phase", "export", "--out", out, "--export_dtype", "bf16"])
+    export = export_tool.export("camconsistency", out, dtype="bf16")
     bf16 = os.path.getsize(os.path.join(export, "generators.pt"))
     state = torch.load(os.path.join(export, "generators.pt"), weights_only=True)
     assert bf16 < 0.75 * fp32 and all(t.dtype == torch.bfloat16 for t in state["models"]["gen"].values()
                                        if t.is_floating_point())
-    reference = pictures(run_test_phase("camconsistency", str(tmp_path / "ckpt"), os.path.join(out, "ckpt.pt"), data_root,
-                                    tmp_path))
+    assert state["extra"]["export_dtype"] == "bf16"
+    reference = pictures(run_test_phase("camconsistency", str(tmp_path / "ckpt"), os.path.join(out, "ckpt.pt"),
+                                        data_root, tmp_path))
     half = pictures(run_test_phase("camconsistency", str(tmp_path / "bf16"), os.path.join(export, "generators.pt"),
-                               data_root, tmp_path))
+                                   data_root, tmp_path))
     for k, v in half.items():
         assert np.abs(reference[k] - v).mean() < 3, k  # bf16 weights: close, not equal
+
+
+def test_export_errors_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), "ugatit.py", "--out",
+                             str(tmp_path / "none")], capture_output=True, text=True)
+    assert result.returncode == 2 and "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(common.UserError, match="exports a run of"):
+        export_tool.export("official", str(tmp_path))
 
 
 def test_index_html_escapes_names_and_links_relatively(tmp_path):

@@ -82,16 +82,16 @@ def test_a_divergent_update_on_a_save_step_never_replaces_a_finite_checkpoint(tm
 
 def test_non_finite_weights_are_never_saved(tmp_path):
     net, path = torch.nn.Linear(3, 2), str(tmp_path / "ckpt.pt")
-    args, opt = type("Args", (), {})(), torch.optim.Adam(net.parameters())
-    common.save_checkpoint(path, "ugatit", args, 1, {"net": net}, {"opt": opt})
+    opt = torch.optim.Adam(net.parameters())
+    common.save_checkpoint(path, "ugatit", {}, 1, {"net": net}, {"opt": opt})
     before = open(path, "rb").read()
     with torch.no_grad():
         net.weight[0, 0] = float("nan")
     with pytest.raises(common.Diverged, match="weights of net became NaN/Inf by step 2; .* keeps the last checkpoint"):
-        common.save_checkpoint(path, "ugatit", args, 2, {"net": net}, {"opt": opt})
+        common.save_checkpoint(path, "ugatit", {}, 2, {"net": net}, {"opt": opt})
     assert open(path, "rb").read() == before
     with pytest.raises(common.Diverged, match="no checkpoint was saved"):
-        common.save_checkpoint(str(tmp_path / "new.pt"), "ugatit", args, 2, {"net": net}, {"opt": opt})
+        common.save_checkpoint(str(tmp_path / "new.pt"), "ugatit", {}, 2, {"net": net}, {"opt": opt})
 
 
 def test_a_run_that_diverges_before_its_first_save_says_no_checkpoint_exists(tmp_path, data_root):
@@ -253,9 +253,8 @@ def test_damaged_or_foreign_checkpoints_are_named_without_torch_advice(tmp_path)
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
     net, path = torch.nn.Linear(3, 2), str(tmp_path / "ckpt.pt")
-    args = type("Args", (), {})()
     opt = torch.optim.Adam(net.parameters())
-    common.save_checkpoint(path, "ugatit", args, 1, {"net": net}, {"opt": opt})
+    common.save_checkpoint(path, "ugatit", {}, 1, {"net": net}, {"opt": opt})
     before = open(path, "rb").read()
 
     def full_disk(obj, file):
@@ -263,7 +262,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_p
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(common.UserError, match="MB free.*previous checkpoint is kept"):
-        common.save_checkpoint(path, "ugatit", args, 2, {"net": net}, {"opt": opt})
+        common.save_checkpoint(path, "ugatit", {}, 2, {"net": net}, {"opt": opt})
     assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["ckpt.pt"]
 
 

@@ -1,8 +1,11 @@
-"""--from_official: the official codes' weight files load into our networks. Each test writes a state dict in
-the official layout (the official key names and shapes listed here layer by layer, random values), loads it
-with the script's loader, and compares with the same tensors put under our names by this file's own table:
-the networks must give the same outputs. Files that do not fit exit 2 naming the flag that would fit them."""
+"""tools/official.py: the official codes' weight files become runs of our scripts. Each test writes a state dict in
+the official layout (the official key names and shapes listed here layer by layer, random values), converts it,
+and compares with the same tensors put under our names by this file's own table: the networks must give the same
+outputs. The architecture is read off the shapes; a flag that contradicts the file, or a file of another layout,
+exits 2 naming it."""
+import argparse
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,8 +16,10 @@ import attentiongan
 import camconsistency
 import common
 import ugatit
-from conftest import run_script
+from conftest import ROOT, run_script
 
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import official  # noqa: E402
 
 class TwoLayouts:
     """One random tensor per layer, under its official name (`official`) and under our name (`ours`)."""
@@ -104,7 +109,7 @@ def ugatit_official_discriminator(layouts, ch, n_layers):
 
 def ugatit_official_file(path, args, seed=0):
     """UGATIT.save: {genA2B, genB2A, disGA, disGB, disLA, disLB} -> our state dicts by network."""
-    official, ours = {}, {}
+    saved, ours = {}, {}
     for i, (theirs, mine) in enumerate({"genA2B": "gen_a2b", "genB2A": "gen_b2a", "disGA": "disc_global_a",
                                         "disGB": "disc_global_b", "disLA": "disc_local_a",
                                         "disLB": "disc_local_b"}.items()):
@@ -113,9 +118,28 @@ def ugatit_official_file(path, args, seed=0):
             ugatit_official_generator(layouts, args.ch, args.n_res, args.img_size, args.light)
         else:
             ugatit_official_discriminator(layouts, args.ch, args.n_dis + 1 if "G" in theirs else args.n_dis - 1)
-        official[theirs], ours[mine] = layouts.official, layouts.ours
-    torch.save(official, path)
+        saved[theirs], ours[mine] = layouts.official, layouts.ours
+    torch.save(saved, path)
     return ours
+
+
+def networks_of(module, flags, states, base, *extra):
+    """The script's networks built with `base` (a dict of flags) updated by the flags read off the file, loaded
+    with the converted state dicts."""
+    nets = module.build_networks(argparse.Namespace(**{**base, **flags}), *extra)
+    for name, state in states.items():
+        nets[name].load_state_dict(state)
+    return nets
+
+
+def assert_same_outputs(loaded, reference, ours, *inputs):
+    for name, net in reference.items():
+        net.load_state_dict(ours[name])
+    with torch.no_grad():
+        for name in reference:
+            loaded[name].eval()
+            reference[name].eval()
+            assert same_outputs(loaded[name](*inputs), reference[name](*inputs)), name
 
 
 @pytest.mark.parametrize("light", [True, False])
@@ -123,55 +147,67 @@ def test_ugatit_official_checkpoint_gives_the_outputs_of_the_same_weights_in_our
     args = ugatit_args(light=light)
     path = str(tmp_path / "toy_params_0001000.pt")
     ours = ugatit_official_file(path, args)
-    loaded, reference = ugatit.build_networks(args), ugatit.build_networks(args)
-    assert ugatit.load_official(path, loaded, args) == 1000  # the step of the file name
-    for name, net in reference.items():
-        net.load_state_dict(ours[name])
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    with torch.no_grad():
-        for name in reference:
-            loaded[name].eval(), reference[name].eval()
-            assert same_outputs(loaded[name](x), reference[name](x)), name
+    flags, states, step = official.ugatit_release(path)
+    assert step == 1000  # the step of the file name
+    assert (flags["ch"], flags["n_res"], flags["light"], flags["n_dis"]) == (8, 2, light, 4)
+    assert flags.get("img_size") == (None if light else 32)  # the full MLP's input gives the image size
+    loaded = networks_of(ugatit, flags, states, vars(ugatit_args()))
+    assert_same_outputs(loaded, ugatit.build_networks(args), ours, torch.rand(2, 3, 32, 32) * 2 - 1)
 
 
-def test_ugatit_from_official_tests_and_continues_training_at_the_file_step(tmp_path, data_root, capsys):
-    tiny = ["--img_size", "32", "--ch", "8", "--n_res", "2", "--n_dis", "4", "--light", "--workers", "0",
-            "--log_every", "1", "--data_root", data_root]
+def test_ugatit_conversion_tests_own_images_with_no_flags_and_continues_at_the_file_step(tmp_path, data_root,
+                                                                                          capsys, monkeypatch):
     path = str(tmp_path / "toy_params_0000003.pt")
     ugatit_official_file(path, ugatit_args())
     out = str(tmp_path / "run")
-    ugatit.main(["--phase", "test", "--from_official", path, "--out", out, "--input", image_file(tmp_path), *tiny])
+    official.main(["ugatit.py", path, "--out", out, "--data_root", data_root, "--img_size", "32"])
+    state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert state["step"] == 3 and state["optimizers"] == {} and len(state["models"]) == 6
+    assert (state["args"]["ch"], state["args"]["n_res"], state["args"]["light"]) == (8, 2, True)  # from the file
+    elsewhere = tmp_path / "elsewhere"  # no dataset in sight, no network flag
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ugatit.main(["--phase", "test", "--out", out, "--input", image_file(tmp_path), "--workers", "0"])
     assert sorted(os.listdir(os.path.join(out, "test", "a2b"))) == ["mine.png", "mine_attention.png"]
-    ugatit.main(["--from_official", path, "--iters", "5", "--out", out, "--sample_every", "0", *tiny])
-    printed = capsys.readouterr().out
-    assert "starting at step 3" in printed and "fresh Adam moments" in printed
-    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
-    assert ckpt["step"] == 5
+    capsys.readouterr()
+    ugatit.main(["--resume", "--iters", "5", "--out", out, "--sample_every", "0", "--log_every", "1", "--workers", "0",
+                 "--data_root", data_root])
+    assert "fresh Adam moments" in capsys.readouterr().out
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 5
     assert [int(r.split(",")[0]) for r in open(os.path.join(out, "log.csv")).read().splitlines()[1:]] == [4, 5]
-    with pytest.raises(common.UserError, match="already exists"):  # a new run never overwrites one
-        ugatit.main(["--from_official", path, "--iters", "5", "--out", out, *tiny])
-    with pytest.raises(common.UserError, match="give one of them"):
-        ugatit.main(["--from_official", path, "--resume", "--out", out, *tiny])
+    with pytest.raises(common.UserError, match="already exists"):  # a conversion never overwrites a run
+        official.main(["ugatit.py", path, "--out", out])
+    with pytest.raises(common.UserError, match="drop --resume"):
+        official.main(["ugatit.py", path, "--out", out, "--resume"])
+    with pytest.raises(common.UserError, match="--out RUN"):
+        official.main(["ugatit.py", path])
 
 
-@pytest.mark.parametrize("changes, flag", [({"n_res": 3}, "--n_res 3"), ({"light": False}, "--no-light"),
-                                           ({"ch": 16}, "--ch 16"), ({"n_dis": 5}, "--n_dis 5")])
-def test_ugatit_file_of_other_flags_exits_2_naming_the_flag(tmp_path, changes, flag):
+@pytest.mark.parametrize("changes, given, expected", [
+    ({"n_res": 3}, ["--n_res", "2"], "--n_res 3"), ({"light": False}, ["--light"], "--no-light"),
+    ({"ch": 16}, ["--ch", "8"], "--ch 16"), ({"n_dis": 5}, ["--n_dis", "4"], "--n_dis 5"),
+    ({"light": False, "img_size": 64}, ["--img_size", "32"], "--img_size 64"), ({}, ["--no_cam"], "no --no_cam")])
+def test_ugatit_flag_that_contradicts_the_file_exits_2_naming_it(tmp_path, changes, given, expected):
     path = str(tmp_path / "toy_params_0001000.pt")
     ugatit_official_file(path, ugatit_args(**changes))
-    args = ugatit_args()
-    with pytest.raises(common.UserError, match=flag) as error:
-        ugatit.load_official(path, ugatit.build_networks(args), args)
-    assert "does not fit" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(common.UserError, match=expected) as error:
+        official.main(["ugatit.py", path, "--out", str(tmp_path / "run"), "--img_size", "64", *given])
+    assert "drop --" in str(error.value) and "\n" not in str(error.value)
+    assert not os.path.exists(tmp_path / "run" / "ckpt.pt")
 
 
-def test_ugatit_full_generator_of_another_image_size_names_it(tmp_path):
+def test_ugatit_file_of_another_layout_exits_2_quoting_the_keys(tmp_path):
     path = str(tmp_path / "toy_params_0001000.pt")
-    ugatit_official_file(path, ugatit_args(light=False, img_size=64))
-    args = ugatit_args(light=False)
-    with pytest.raises(common.UserError, match="--img_size 64"):
-        ugatit.load_official(path, ugatit.build_networks(args), args)
-
+    ugatit_official_file(path, ugatit_args())
+    params = torch.load(path, weights_only=True)
+    del params["genA2B"]["gamma.weight"]
+    torch.save(params, path)
+    with pytest.raises(common.UserError, match="does not fit ugatit.py's networks .*gamma.weight"):
+        official.main(["ugatit.py", path, "--out", str(tmp_path / "run")])
+    del params["genA2B"]["FC.0.weight"]  # a layer the shapes are read from
+    torch.save(params, path)
+    with pytest.raises(common.UserError, match="not have the official layout"):
+        official.main(["ugatit.py", path, "--out", str(tmp_path / "run")])
 
 # ---------------------------------------------------------------------------------------------
 # AttentionGAN: checkpoints/<name>_pretrained/latest_net_G_A.pth, latest_net_G_B.pth (+ D_A, D_B)
@@ -230,47 +266,44 @@ def attentiongan_official_folder(folder, args, with_discriminators=True, prefix=
     return ours
 
 
+
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_attentiongan_released_model_gives_the_outputs_of_the_same_weights_in_our_layout(tmp_path, prefix):
     args = attentiongan_args()
     folder = str(tmp_path / "horse2zebra_pretrained")
     ours = attentiongan_official_folder(folder, args, prefix=prefix)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
     for path in (folder, os.path.join(folder, "latest_net_G_B.pth")):
-        loaded, reference = attentiongan.build_networks(args), attentiongan.build_networks(args)
-        assert sorted(attentiongan.load_official(path, loaded, args)) == ["disc_a", "disc_b", "gen_a2b", "gen_b2a"]
-        for name, net in reference.items():
-            net.load_state_dict(ours[name])
-        with torch.no_grad():
-            for name in reference:
-                loaded[name].eval(), reference[name].eval()
-                assert same_outputs(loaded[name](x), reference[name](x)), name
+        flags, states, step = official.attentiongan_release(path)
+        assert flags == {"scheme": "II", "ngf": 4, "n_res": 2, "n_masks": 10, "ndf": 4} and step == 0
+        assert sorted(states) == ["disc_a", "disc_b", "gen_a2b", "gen_b2a"]
+        loaded = networks_of(attentiongan, flags, states, vars(attentiongan_args()))
+        assert_same_outputs(loaded, attentiongan.build_networks(args), ours, torch.rand(2, 3, 32, 32) * 2 - 1)
 
 
-def test_attentiongan_from_official_tests_and_trains_without_discriminator_files(tmp_path, data_root, capsys):
-    tiny = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "2", "--workers", "0", "--data_root", data_root]
+def test_attentiongan_conversion_without_discriminator_files_tests_and_trains(tmp_path, data_root, capsys):
     folder = str(tmp_path / "horse2zebra_pretrained")
     attentiongan_official_folder(folder, attentiongan_args(), with_discriminators=False)
     out = str(tmp_path / "run")
-    attentiongan.main(["--phase", "test", "--from_official", folder, "--out", out, "--input", image_file(tmp_path),
-                       *tiny])
+    official.main(["attentiongan.py", folder, "--out", out, "--data_root", data_root, "--img_size", "32",
+                   "--ndf", "4"])
+    assert "disc_a, disc_b: no file for them, they start from random weights" in capsys.readouterr().out
+    attentiongan.main(["--phase", "test", "--out", out, "--input", image_file(tmp_path), "--workers", "0"])
     assert sorted(os.listdir(os.path.join(out, "test", "b2a"))) == ["mine.png", "mine_attention.png"]
-    attentiongan.main(["--from_official", folder, "--iters", "2", "--out", out, "--sample_every", "0", *tiny])
-    assert "disc_a, disc_b start from random weights" in capsys.readouterr().out
+    attentiongan.main(["--resume", "--iters", "2", "--out", out, "--sample_every", "0", "--workers", "0"])
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 2
 
 
-@pytest.mark.parametrize("changes, flag", [({"n_res": 3}, "--n_res 3"), ({"ngf": 8}, "--ngf 8"),
-                                           ({"ndf": 8}, "--ndf 8")])
-def test_attentiongan_files_of_other_flags_exit_2_naming_the_flag(tmp_path, changes, flag):
+@pytest.mark.parametrize("changes, given, expected", [({"n_res": 3}, ["--n_res", "2"], "--n_res 3"),
+                                                      ({"ngf": 8}, ["--ngf", "4"], "--ngf 8"),
+                                                      ({"ndf": 8}, ["--ndf", "4"], "--ndf 8"),
+                                                      ({}, ["--scheme", "I"], "--scheme II")])
+def test_attentiongan_flag_that_contradicts_the_files_exits_2_naming_it(tmp_path, changes, given, expected):
     folder = str(tmp_path / "released")
     attentiongan_official_folder(folder, attentiongan_args(**changes))
-    args = attentiongan_args()
-    with pytest.raises(common.UserError, match=flag):
-        attentiongan.load_official(folder, attentiongan.build_networks(args), args)
+    with pytest.raises(common.UserError, match=expected):
+        official.main(["attentiongan.py", folder, "--out", str(tmp_path / "run"), *given])
     with pytest.raises(common.UserError, match="latest_net_G_A.pth"):  # a folder without the files
-        attentiongan.load_official(str(tmp_path), attentiongan.build_networks(args), args)
-
+        official.main(["attentiongan.py", str(tmp_path), "--out", str(tmp_path / "run")])
 
 # ---------------------------------------------------------------------------------------------
 # StarGAN (camconsistency.py): <iter>-G.ckpt and <iter>-D.ckpt
@@ -336,46 +369,67 @@ def stargan_official_files(folder, args, c_dim, with_discriminator=True):
     return os.path.join(folder, "200000-G.ckpt"), {"gen": gen.ours, "disc": disc.ours}
 
 
+
 def test_stargan_release_gives_the_outputs_of_the_same_weights_in_our_layout(tmp_path):
     args, attrs = stargan_args(), SimpleNamespace(c_dim=5)
     path, ours = stargan_official_files(str(tmp_path / "models"), args, 5)
-    loaded, reference = camconsistency.build_networks(args, attrs), camconsistency.build_networks(args, attrs)
-    assert camconsistency.load_official(path, loaded, args) == ["gen", "disc"]
-    for name, net in reference.items():
-        net.load_state_dict(ours[name])
-        loaded[name].eval(), net.eval()
+    flags, states, step = official.stargan_release(path)
+    assert flags == {"c_dim": 5, "conv_dim": 4, "n_res": 2, "d_conv_dim": 4, "d_layers": 4, "img_size": 32}
+    assert sorted(states) == ["disc", "gen"] and step == 0
+    flags.pop("c_dim")
+    loaded = networks_of(camconsistency, flags, states, vars(stargan_args()), attrs)
     x, c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([[1.0, 0, 0, 1, 0], [0, 1, 0, 0, 1]])
-    with torch.no_grad():
-        assert same_outputs(loaded["gen"](x, c), reference["gen"](x, c))
-        assert same_outputs(loaded["disc"](x), reference["disc"](x))
+    reference = camconsistency.build_networks(args, attrs)
+    assert_same_outputs({"gen": loaded["gen"]}, {"gen": reference["gen"]}, ours, x, c)
+    assert_same_outputs({"disc": loaded["disc"]}, {"disc": reference["disc"]}, ours, x)
 
 
-def test_stargan_from_official_tests_with_g_alone_and_trains_only_with_d(tmp_path, data_root, capsys):
-    tiny = ["--img_size", "32", "--conv_dim", "4", "--n_res", "2", "--d_conv_dim", "4", "--d_layers", "4",
-            "--batch_size", "2", "--workers", "0", "--data_root", data_root]
+def test_stargan_celeba_release_tests_your_images_with_no_dataset(tmp_path):
+    """The CelebA release (c_dim 5, G and D) converted with --data celeba where no CelebA is: StarGAN's five
+    binary attributes; --phase test --input then reads the labels with D and writes every change."""
+    path, _ = stargan_official_files(str(tmp_path / "models"), stargan_args(), 5)
+    out = str(tmp_path / "run")
+    official.main(["camconsistency.py", path, "--out", out, "--data", "celeba", "--data_root", str(tmp_path / "none")])
+    state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert state["extra"]["attributes"]["names"] == list(common.CELEBA_DEFAULT_ATTRS)
+    assert state["args"]["img_size"] == 32 and sorted(state["models"]) == ["disc", "gen"]
+    camconsistency.main(["--phase", "test", "--out", out, "--input", image_file(tmp_path), "--workers", "0"])
+    written = set(os.listdir(os.path.join(out, "test")))
+    assert {"mine_Male=1.png", "mine_Male=1_attention.png", "index.html"} <= written or \
+        {"mine_Male=0.png", "mine_Male=0_attention.png", "index.html"} <= written
+
+
+def test_stargan_g_alone_tests_on_the_split_and_training_needs_d(tmp_path, data_root):
+    tiny = ["--img_size", "32", "--d_layers", "4", "--d_conv_dim", "4", "--batch_size", "2", "--workers", "0",
+            "--data_root", data_root]
     folder = str(tmp_path / "models")
     path, _ = stargan_official_files(folder, stargan_args(), TOY_C_DIM, with_discriminator=False)
     out = str(tmp_path / "run")
-    camconsistency.main(["--phase", "test", "--from_official", path, "--out", out, "--input", image_file(tmp_path),
-                         "--target", "color=blue", *tiny])
-    assert "D is untrained" in capsys.readouterr().out
-    written = set(os.listdir(os.path.join(out, "test")))
-    assert {"mine_color=blue.png", "mine_color=blue_attention.png", "index.html"} <= written
-    with pytest.raises(common.UserError, match="200000-D.ckpt"):
-        camconsistency.main(["--from_official", path, "--iters", "2", "--out", out, *tiny])
+    official.main(["camconsistency.py", path, "--out", out, *tiny])
+    assert sorted(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["models"]) == ["gen"]
+    camconsistency.main(["--phase", "test", "--out", out, "--target", "color=blue", "--workers", "0"])
+    written = os.listdir(os.path.join(out, "test"))
+    assert "00000_color=blue.png" in written and not any(f.endswith("_attention.png") for f in written)
+    with pytest.raises(common.UserError, match="needs D"):
+        camconsistency.main(["--phase", "test", "--out", out, "--input", image_file(tmp_path), "--workers", "0"])
+    with pytest.raises(common.UserError, match="holds gen and not disc"):
+        camconsistency.main(["--resume", "--iters", "2", "--out", out, "--workers", "0"])
     stargan_official_files(folder, stargan_args(), TOY_C_DIM)
-    camconsistency.main(["--from_official", path, "--iters", "2", "--out", out, "--sample_every", "0", *tiny])
-    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 2
+    official.main(["camconsistency.py", path, "--out", str(tmp_path / "run2"), *tiny])
+    camconsistency.main(["--resume", "--iters", "2", "--out", str(tmp_path / "run2"), "--sample_every", "0",
+                         "--workers", "0"])
+    assert torch.load(tmp_path / "run2" / "ckpt.pt", weights_only=True)["step"] == 2
 
 
-@pytest.mark.parametrize("changes, c_dim, flag", [({}, 5, "--attrs"), ({"n_res": 3}, 8, "--n_res 3"),
-                                                  ({"img_size": 64}, 8, "--img_size 64"),
-                                                  ({"conv_dim": 8}, 8, "--conv_dim 8")])
-def test_stargan_files_of_other_flags_exit_2_naming_the_flag(tmp_path, changes, c_dim, flag):
+@pytest.mark.parametrize("changes, c_dim, given, expected", [
+    ({}, 5, [], "--attrs"), ({"n_res": 3}, 8, ["--n_res", "2"], "--n_res 3"),
+    ({"img_size": 64}, 8, ["--img_size", "32"], "--img_size 64"),
+    ({"conv_dim": 8}, 8, ["--conv_dim", "4"], "--conv_dim 8")])
+def test_stargan_flag_that_contradicts_the_files_exits_2_naming_it(tmp_path, data_root, changes, c_dim, given,
+                                                                    expected):
     path, _ = stargan_official_files(str(tmp_path / "models"), stargan_args(**changes), c_dim)
-    args = stargan_args()
-    with pytest.raises(common.UserError, match=flag):
-        camconsistency.load_official(path, camconsistency.build_networks(args, SimpleNamespace(c_dim=8)), args)
+    with pytest.raises(common.UserError, match=expected):
+        official.main(["camconsistency.py", path, "--out", str(tmp_path / "run"), "--data_root", data_root, *given])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,22 +440,22 @@ def test_stargan_files_of_other_flags_exit_2_naming_the_flag(tmp_path, changes, 
 def test_garbage_files_exit_2_without_a_traceback(tmp_path):
     garbage = tmp_path / "toy_params_0001000.pt"
     garbage.write_bytes(b"not a torch file at all")
-    result = run_script("ugatit.py", "--phase", "test", "--from_official", str(garbage), "--out", str(tmp_path / "r"))
+    result = run_script("tools/official.py", "ugatit.py", str(garbage), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "is not a PyTorch weights file" in result.stderr
     assert "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
     folder = tmp_path / "released"
     folder.mkdir()
     (folder / "latest_net_G_A.pth").write_bytes(b"garbage")
     (folder / "latest_net_G_B.pth").write_bytes(b"garbage")
-    args = attentiongan_args()
     with pytest.raises(common.UserError, match="not a PyTorch weights file"):
-        attentiongan.load_official(str(folder), attentiongan.build_networks(args), args)
+        official.attentiongan_release(str(folder))
     torch.save({"main.0.weight": [1, 2, 3]}, tmp_path / "1-G.ckpt")  # readable, but no tensors
-    args = stargan_args()
     with pytest.raises(common.UserError, match="not a state dict"):
-        camconsistency.load_official(str(tmp_path / "1-G.ckpt"), camconsistency.build_networks(
-            args, SimpleNamespace(c_dim=5)), args)
+        official.stargan_release(str(tmp_path / "1-G.ckpt"))
     torch.save({"genA2B": {}}, garbage)
-    args = ugatit_args()
     with pytest.raises(common.UserError, match="lacks the state dicts genB2A"):
-        ugatit.load_official(str(garbage), ugatit.build_networks(args), args)
+        official.ugatit_release(str(garbage))
+    with pytest.raises(common.UserError, match="has none"):
+        official.main(["uag.py", str(garbage), "--out", str(tmp_path / "r")])
+    with pytest.raises(common.UserError, match="no such file"):
+        official.main(["ugatit.py", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r")])

@@ -38,6 +38,7 @@ class ProfiledBench(common.Bench):
     profiled steps after the timed ones; report() adds the data streams' own speed."""
 
     streams = []  # every stream the script creates with common.train_batches
+    workers = 0  # their DataLoader workers
 
     def steps(self):
         yield from range(1, self.warmup)
@@ -61,7 +62,8 @@ class ProfiledBench(common.Bench):
                 torch.cuda.synchronize()
 
     def report(self, losses, loader_batches=30):
-        args, device = self.args, self.device
+        device = self.device
+        batch_size = self.settings["batch"]
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(self.profiler.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
         t0 = time.perf_counter()
@@ -71,22 +73,21 @@ class ProfiledBench(common.Bench):
         (batch[0] if isinstance(batch, tuple) else batch).sum().item()  # wait for the last copy
         loader_seconds = time.perf_counter() - t0
         n_streams = len(self.streams)
-        result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                  else f"cpu ({torch.get_num_threads()} threads)", "img_size": args.img_size,
-                  "batch": args.batch_size, "amp": bool(args.amp), "compile": bool(args.compile),
+        result = {"device": self.device_name(), **self.settings,
                   "it_s": round(self.timed / self.seconds, 3),
-                  "img_s": round(self.timed * args.batch_size / self.seconds, 3),
+                  "img_s": round(self.timed * batch_size / self.seconds, 3),
                   "peak_mem_mb": round(common.peak_memory_mb(device), 1), "ops_per_step": self.ops_per_step,
-                  "workers": args.workers,
-                  "loader_img_s": round(loader_batches * n_streams * args.batch_size / loader_seconds, 1),
-                  "step_img_s": round(self.timed * n_streams * args.batch_size / self.seconds, 1)}
+                  "workers": self.workers,
+                  "loader_img_s": round(loader_batches * n_streams * batch_size / loader_seconds, 1),
+                  "step_img_s": round(self.timed * n_streams * batch_size / self.seconds, 1)}
         print(json.dumps(result))
         return result
 
 
-def recording_train_batches(*args, **kwargs):
-    stream = original_train_batches(*args, **kwargs)
+def recording_train_batches(dataset, batch_size, workers, *args, **kwargs):
+    stream = original_train_batches(dataset, batch_size, workers, *args, **kwargs)
     ProfiledBench.streams.append(stream)
+    ProfiledBench.workers = workers
     return stream
 
 
