@@ -621,29 +621,28 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
     sample_x = torch.stack([s["image"] for s in samples]).to(device)
     sample_labels = torch.stack([s["labels"] for s in samples]).to(device)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
-                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
-    for step in range(start_step + 1, last_step + 1):
-        lr = common.linear_decay(step, args.lr, args.iters, args.iters / 2)
-        common.set_lr([opt_g, opt_d], lr)
-        losses = train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, next(batches), step, draws, dist_)
-        log.add(losses)
-        save = step == last_step or (args.save_every and step % args.save_every == 0)
-        if step % args.log_every == 0 or save:
-            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
-        if dist_.main and args.sample_every and step % args.sample_every == 0:
-            path = os.path.join(args.out, "samples", f"step_{step:07d}.png")
-            sample_grid(nets, attrs, manipulator, path, sample_x, sample_labels)
-        interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
-        if save or interrupted:
-            log.write(step, lr)
-            if dist_.main:
-                extra = {"elapsed": log.seconds(), "draws": draws.get_state(), "attributes": attrs.state()}
-                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
-            log.last_saved = step
-        if interrupted:
-            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    log.close()
+    with common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C
+        for step in range(start_step + 1, last_step + 1):
+            lr = common.linear_decay(step, args.lr, args.iters, args.iters / 2)
+            common.set_lr([opt_g, opt_d], lr)
+            losses = train_step(args, attrs, nets, manipulator, bank, opt_g, opt_d, next(batches), step, draws, dist_)
+            log.add(losses)
+            save = step == last_step or (args.save_every and step % args.save_every == 0)
+            if step % args.log_every == 0 or save:
+                log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+            if dist_.main and args.sample_every and step % args.sample_every == 0:
+                path = os.path.join(args.out, "samples", f"step_{step:07d}.png")
+                sample_grid(nets, attrs, manipulator, path, sample_x, sample_labels)
+            interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
+            if save or interrupted:
+                log.write(step, lr)
+                if dist_.main:
+                    extra = {"elapsed": log.seconds(), "draws": draws.get_state(), "attributes": attrs.state()}
+                    common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
+                log.last_saved = step
+            if interrupted:
+                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "

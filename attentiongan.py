@@ -315,16 +315,14 @@ def train_step(args, nets, opt_g, opt_d, pools, real_a, real_b, dist_):
 # =============================================================================================
 
 
-def train(args, dist_, device, nets):
-    """--phase train (and bench): optimizers, image pools, data, resume, then the loop."""
+def train(args, dist_, device, nets, train_a, train_b):
+    """--phase train (and bench): optimizers, image pools, the data streams, resume, then the loop."""
     gens = [nets["gen_a2b"], nets["gen_b2a"]]
     discs = [nets[k] for k in nets if k.startswith("disc")]
     opt_g = common.adam([p for g in gens for p in g.parameters()], args.lr, (0.5, 0.999), device)
     opt_d = common.adam([p for d in discs for p in d.parameters()], args.lr, (0.5, 0.999), device)
     optimizers = {"opt_g": opt_g, "opt_d": opt_d}
     pools = {d: ImagePool(args.pool_size, seed=args.seed + i) for i, d in enumerate("ab")}
-    train_a = common.domain_images(args.data, args.data_root, args.img_size, "train", "A")
-    train_b = common.domain_images(args.data, args.data_root, args.img_size, "train", "B")
     if args.iters is None:  # CycleGAN's epoch: a pass over the larger domain, all processes together
         epochs, n_images = args.n_epochs + args.n_epochs_decay, max(len(train_a), len(train_b))
         args.iters = max(1, math.ceil(epochs * n_images / (args.batch_size * dist_.world)))
@@ -354,28 +352,27 @@ def train(args, dist_, device, nets):
     sample_b = torch.stack([train_b[i]["image"] for i in range(4)]).to(device)
     decay_start = args.iters * args.n_epochs / max(1, args.n_epochs + args.n_epochs_decay)
     last_step = min(args.iters, args.stop_at or args.iters)
-    log = common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
-                        extra.get("elapsed", 0.0))  # log.csv, progress bar, Ctrl-C
-    for step in range(start_step + 1, last_step + 1):
-        lr = common.linear_decay(step, args.lr, args.iters, decay_start)
-        common.set_lr([opt_g, opt_d], lr)
-        losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_)
-        log.add(losses)
-        save = step == last_step or (args.save_every and step % args.save_every == 0)
-        if step % args.log_every == 0 or save:
-            log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
-        if dist_.main and args.sample_every and step % args.sample_every == 0:
-            sample_grid(nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
-        interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
-        if save or interrupted:
-            log.write(step, lr)
-            if dist_.main:
-                extra = {"elapsed": log.seconds(), **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
-                common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
-            log.last_saved = step
-        if interrupted:
-            raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    log.close()
+    with common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
+                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C
+        for step in range(start_step + 1, last_step + 1):
+            lr = common.linear_decay(step, args.lr, args.iters, decay_start)
+            common.set_lr([opt_g, opt_d], lr)
+            losses = train_step(args, nets, opt_g, opt_d, pools, next(batches_a), next(batches_b), dist_)
+            log.add(losses)
+            save = step == last_step or (args.save_every and step % args.save_every == 0)
+            if step % args.log_every == 0 or save:
+                log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
+            if dist_.main and args.sample_every and step % args.sample_every == 0:
+                sample_grid(nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
+            interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
+            if save or interrupted:
+                log.write(step, lr)
+                if dist_.main:
+                    extra = {"elapsed": log.seconds(), **{f"pool_{d}": pools[d].state_dict() for d in "ab"}}
+                    common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
+                log.last_saved = step
+            if interrupted:
+                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
@@ -492,6 +489,9 @@ def main(argv=None):
     args = parse_flags(argv)
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)
     device = common.pick_device(args.device, dist_.local_rank, args.amp)
+    if args.phase in ("train", "bench"):  # the data first: a missing dataset is said before any network is built
+        train_a = common.domain_images(args.data, args.data_root, args.img_size, "train", "A")
+        train_b = common.domain_images(args.data, args.data_root, args.img_size, "train", "B")
     common.seed_everything(args.seed)
     nets = build_networks(args)
     for net in nets.values():
@@ -505,7 +505,7 @@ def main(argv=None):
         else:
             evaluate(args, nets, device)
     else:
-        train(args, dist_, device, nets)
+        train(args, dist_, device, nets, train_a, train_b)
     dist_.close()
 
 

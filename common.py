@@ -699,6 +699,7 @@ TOY_ATTRS = {"color": ["red", "green", "blue", "yellow", "white"], "sleeve": ["s
              "size": ["small", "large"], "bg": ["plain", "textured"]}
 TOY_SPLIT_SIZES = {"train": 2000, "test": 200}  # per domain for toy/toy-shape, total for toy-attr
 TOY_VERSION = 2  # bump when the generators below change: cached judges carry it in their file name
+TOY_JUDGE_STEPS = {"toy": 200, "toy-shape": 300, "toy-attr": 500}  # the judge's training steps per dataset
 # Shirt base colours (toy-attr), far from the muted grey-ish backgrounds.
 _TOY_SHIRT_RGB = {"red": (0.85, 0.15, 0.15), "green": (0.2, 0.7, 0.25), "blue": (0.15, 0.3, 0.85),
                   "yellow": (0.9, 0.8, 0.15), "white": (0.93, 0.93, 0.93)}
@@ -1001,10 +1002,9 @@ def prepare_out(out, ckpt, flags, resume, main=True):
 
 
 class RunLog:
-    """<out>/log.csv (step, each loss term, lr, seconds, skipped images) and the progress bar up to last_step.
-    add(losses) sums 0-dim losses on the device (no host sync), each term over the steps that computed it; write()
-    averages them every log_every steps, raises Diverged on NaN/Inf naming what `ckpt` keeps, and rewrites the file
-    (rank 0). A resumed run keeps the rows up to its step. interrupted(step): Ctrl-C was pressed (after the step)."""
+    """`with RunLog(...) as log:` around the loop: <out>/log.csv (step, loss terms, lr, seconds, skipped images), the
+    progress bar. add(losses) sums losses on the device, write() averages them (NaN/Inf: Diverged, naming what `ckpt`
+    keeps) and rewrites the file, keeping a resumed run's rows; interrupted(step): Ctrl-C pressed (after the step)."""
 
     def __init__(self, out, ckpt, last_step, log_every, dist_, start_step, elapsed=0.0):
         self.path = os.path.join(out, "log.csv")
@@ -1018,8 +1018,8 @@ class RunLog:
         if dist_.main and os.path.exists(self.path):  # a resumed run keeps the rows up to its step
             with open(self.path) as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-            _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # counted on
             self._save()
+        _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # a resumed run counts on
         self.bar = tqdm(total=last_step, initial=start_step, disable=not dist_.main, dynamic_ncols=True,
                         mininterval=2, desc=os.path.basename(out))
         self.ctrl_c = []  # Ctrl-C finishes the step, then stops
@@ -1053,7 +1053,6 @@ class RunLog:
         self.sums, self.counts = {}, {}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
-            self.bar.close()
             kept = (f"the last good checkpoint (step {self.last_saved}) is kept at {self.ckpt}"
                     if os.path.exists(self.ckpt) else "no checkpoint was saved")
             raise Diverged(f"loss {', '.join(bad)} became NaN/Inf between steps {first} and {step}; training stopped "
@@ -1073,7 +1072,11 @@ class RunLog:
         dist.all_reduce(pressed, op=dist.ReduceOp.MAX)
         return bool(pressed.item())
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        """However the loop ends: the progress bar closed, Ctrl-C's handler back, the skipped images counted."""
         self.bar.close()
         signal.signal(signal.SIGINT, self.old_handler)
         if _stats["skipped"]:
@@ -1086,14 +1089,11 @@ class Bench:
 
     def __init__(self, device, img_size, batch_size, amp, compiled, warmup=3, timed=10):
         self.device = device
-        self.settings = {"img_size": img_size, "batch": batch_size, "amp": bool(amp) and device.type == "cuda",
+        cpu = f"cpu ({torch.get_num_threads()} threads)"
+        self.settings = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+                         "img_size": img_size, "batch": batch_size, "amp": bool(amp) and device.type == "cuda",
                          "compile": bool(compiled)}
         self.warmup, self.timed = warmup, timed
-
-    def device_name(self):
-        if self.device.type == "cuda":
-            return torch.cuda.get_device_name(self.device)
-        return f"cpu ({torch.get_num_threads()} threads)"
 
     def steps(self):
         yield from range(1, self.warmup + 1)
@@ -1106,7 +1106,7 @@ class Bench:
     def report(self, losses):
         float(sum(losses.values()))  # wait for the device
         seconds = time.perf_counter() - self.t0
-        result = {"device": self.device_name(), **self.settings, "it_s": round(self.timed / seconds, 3),
+        result = {**self.settings, "it_s": round(self.timed / seconds, 3),
                   "img_s": round(self.timed * self.settings["batch"] / seconds, 3),
                   "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
         print(json.dumps(result))
@@ -1242,7 +1242,7 @@ def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
         judge = ToyJudge(name).to(device)
     opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
     judge.train()
-    for _ in range({"toy": 200, "toy-shape": 300, "toy-attr": 500}[name]):
+    for _ in range(TOY_JUDGE_STEPS[name]):
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         xb, yb = _toy_augment(x[idx], name, gen).to(device), y[idx].to(device)
         loss = sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb)))

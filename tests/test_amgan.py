@@ -14,7 +14,7 @@ from PIL import Image
 
 import amgan
 import common
-from conftest import run_script, run_two_processes, same_checkpoint_weights
+from conftest import run_main, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4",
         "--batch_size", "4", "--workers", "0", "--cls_iters", "5", "--cls_batch_size", "8", "--ref_per_label_set", "1",
@@ -381,12 +381,12 @@ def test_without_attention_and_perceptual_losses_no_cnn_is_trained(tmp_path, dat
     (["--phase", "test", "--target", "sleeve=long", "--region", "torso"], "changes sleeve itself"),
 ])
 def test_bad_test_arguments_exit_2(trained, argv, message):
-    r = run_script("amgan.py", "--out", trained, "--workers", "0", *argv)
+    r = run_main("amgan.py", "--out", trained, "--workers", "0", *argv)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_sizes_exit_2(tmp_path):
-    r = run_script("amgan.py", "--out", str(tmp_path / "x"), "--img_size", "40")
+    r = run_main("amgan.py", "--out", str(tmp_path / "x"), "--img_size", "40")
     assert r.returncode == 2 and "multiple of 2^d_layers" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -396,6 +396,7 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     assert result["img_size"] == 32 and result["it_s"] > 0
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel(tmp_path, data_root):
     """gloo on CPU, both discriminators and their penalties all-reduced; the attribute CNN is trained
     first (ranks do not train it themselves)."""

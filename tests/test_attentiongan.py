@@ -10,7 +10,7 @@ from PIL import Image
 
 import attentiongan
 import common
-from conftest import count_params, run_script, run_two_processes, same_checkpoint_weights
+from conftest import count_params, run_main, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_masks", "3", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -161,16 +161,15 @@ def test_epochs_set_iters_and_the_released_preset(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [(["--img_size", "30"], "multiple of 4"), (["--n_masks", "1"], "at least one")])
 def test_bad_arguments_exit_2(tmp_path, argv, message):
-    r = run_script("attentiongan.py", "--out", str(tmp_path / "x"), *argv)
+    r = run_main("attentiongan.py", "--out", str(tmp_path / "x"), *argv)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_checkpoint_of_another_script_is_refused(tmp_path, data_root):
-    out = str(tmp_path / "run")
-    attentiongan.main(["--iters", "1", "--out", out, "--data_root", data_root, *TINY])
-    r = run_script("uag.py", "--phase", "eval", "--ckpt", os.path.join(out, "ckpt.pt"))
+def test_checkpoint_of_another_script_is_refused(tmp_path, trained):
+    out = trained("attentiongan")
+    r = run_main("uag.py", "--phase", "eval", "--ckpt", os.path.join(out, "ckpt.pt"))
     assert r.returncode == 2 and "not of uag.py" in r.stderr
-    r = run_script("attentiongan.py", "--phase", "eval", "--out", out, "--scheme", "I")
+    r = run_main("attentiongan.py", "--phase", "eval", "--out", out, "--scheme", "I")
     assert r.returncode == 2 and "--scheme II" in r.stderr
 
 
@@ -180,6 +179,7 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     assert result["img_size"] == 32 and result["it_s"] > 0 and result["peak_mem_mb"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["II", "I"])
 def test_two_process_data_parallel(tmp_path, data_root, scheme):
     """gloo on CPU, image pools on: each rank's D sees its own pool history, the averaged gradients

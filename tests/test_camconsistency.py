@@ -10,7 +10,7 @@ from PIL import Image
 
 import camconsistency
 import common
-from conftest import count_params, run_script, run_two_processes, same_checkpoint_weights
+from conftest import count_params, run_main, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4", "--batch_size", "4",
         "--n_critic", "2", "--workers", "0", "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -139,13 +139,14 @@ def test_resume_gives_identical_weights(tmp_path, data_root):
     assert a["step"] == 6
 
 
-def test_input_images_with_a_target(tmp_path, data_root):
+def test_input_images_with_a_target(tmp_path, trained):
     out = str(tmp_path / "run")
-    camconsistency.main(["--iters", "1", "--out", out, "--data_root", data_root, *TINY])
+    ckpt = os.path.join(trained("camconsistency"), "ckpt.pt")
     folder = tmp_path / "mine"
     folder.mkdir()
     Image.new("RGBA", (50, 40), (200, 10, 10, 255)).save(folder / "shirt.png")
-    camconsistency.main(["--phase", "test", "--out", out, "--input", str(folder), "--target", "color=blue,sleeve=long"])
+    camconsistency.main(["--phase", "test", "--ckpt", ckpt, "--out", out, "--input", str(folder), "--target",
+                         "color=blue,sleeve=long"])
     written = sorted(os.listdir(os.path.join(out, "test")))
     assert written == ["index.html", "input", "shirt_color=blue_sleeve=long.png",
                        "shirt_color=blue_sleeve=long_attention.png"]
@@ -166,10 +167,11 @@ def test_trains_on_a_celeba_format_folder(tmp_path):
     camconsistency.main(["--data", str(root), "--iters", "2", "--out", out, *TINY])
     args = json.load(open(os.path.join(out, "args.json")))
     assert args["img_size"] == 32 and args["attrs"] is None and os.path.exists(os.path.join(out, "ckpt.pt"))
-    r = run_script("camconsistency.py", "--phase", "eval", "--out", out, "--data", str(root))
+    r = run_main("camconsistency.py", "--phase", "eval", "--out", out, "--data", str(root))
     assert r.returncode == 2 and "pt_inception-2015-12-05-6726825d.pth" in r.stderr  # offline: says where the weights go
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel(tmp_path, data_root):
     """gloo on CPU: WGAN-GP and the D term's second derivatives are all-reduced like any gradient."""
     run_two_processes("camconsistency.py", ["--iters", "4", "--data_root", data_root, *TINY], tmp_path)
@@ -182,17 +184,16 @@ def test_two_process_data_parallel(tmp_path, data_root):
     (["--cam_layer", "9"], "D has blocks 1 to 4"),
 ])
 def test_bad_arguments_exit_2(tmp_path, argv, message):
-    r = run_script("camconsistency.py", "--out", str(tmp_path / "x"), *TINY, *argv)
+    r = run_main("camconsistency.py", "--out", str(tmp_path / "x"), *TINY, *argv)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_bad_target_exits_2_and_keeps_the_checkpoint(tmp_path, data_root):
-    out = str(tmp_path / "run")
-    camconsistency.main(["--iters", "1", "--out", out, "--data_root", data_root, *TINY])
+def test_bad_target_exits_2_and_keeps_the_checkpoint(trained):
+    out = trained("camconsistency")
     before = open(os.path.join(out, "ckpt.pt"), "rb").read()
-    r = run_script("camconsistency.py", "--phase", "test", "--out", out, "--target", "color=purple")
+    r = run_main("camconsistency.py", "--phase", "test", "--out", out, "--target", "color=purple")
     assert r.returncode == 2 and "'color=purple' is not a value" in r.stderr
-    r = run_script("camconsistency.py", "--out", out, *TINY)
+    r = run_main("camconsistency.py", "--out", out, *TINY)
     assert r.returncode == 2 and "already exists" in r.stderr
     assert open(os.path.join(out, "ckpt.pt"), "rb").read() == before
 

@@ -19,7 +19,7 @@ import camconsistency
 import common
 import uag
 import ugatit
-from conftest import ROOT
+from conftest import ROOT, run_main
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import export as export_tool  # noqa: E402
@@ -103,7 +103,11 @@ def check_index(folder, script, step):
     return page
 
 
-@pytest.mark.parametrize("script", list(MODULES))
+# the fast tier exports U-GAT-IT, the slow tier the other four scripts
+OTHER_FOUR = [pytest.param(script, marks=pytest.mark.slow) for script in MODULES if script != "ugatit"]
+
+
+@pytest.mark.parametrize("script", ["ugatit", *OTHER_FOUR])
 def test_test_from_the_export_gives_the_pictures_of_ckpt_and_an_index(script, tmp_path, data_root, runs):
     """generators.pt holds the generators alone and tests like ckpt.pt; index.html links what is on disk."""
     out, export = runs(script)
@@ -136,6 +140,7 @@ torch.save(out, sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_programs_in_a_fresh_process_equal_the_eager_networks_for_batch_1_and_3(tmp_path, runs):
     """Every script's .pt2 programs, loaded by a process that never imported this project, give the eager networks'
     outputs for batches of 1 and 3 (exported with 2); the attribute scripts' G takes (x, code)."""
@@ -165,6 +170,7 @@ def test_programs_in_a_fresh_process_equal_the_eager_networks_for_batch_1_and_3(
                     assert (g is None and e is None) or torch.allclose(g, e, atol=1e-5), path
 
 
+@pytest.mark.slow
 def test_the_readme_loading_example_runs_on_an_export(tmp_path, data_root):
     """The README's Python block, run as it is in a fresh process next to a toy U-GAT-IT export."""
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -201,8 +207,7 @@ def test_bf16_export_is_smaller_and_translates_alike(tmp_path, data_root, runs):
 
 
 def test_export_errors_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), "ugatit.py", "--out",
-                             str(tmp_path / "none")], capture_output=True, text=True)
+    result = run_main("tools/export.py", "ugatit.py", "--out", str(tmp_path / "none"))
     assert result.returncode == 2 and "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(common.UserError, match="exports a run of"):
         export_tool.export("official", str(tmp_path))

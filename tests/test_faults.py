@@ -19,22 +19,12 @@ import camconsistency
 import common
 import uag
 import ugatit
-from conftest import ROOT, run_script
+from conftest import QUIET, ROOT, TINY, run_main
 
-TINY = {
-    "ugatit": ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light"],
-    "attentiongan": ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--n_masks", "3"],
-    "uag": ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1"],
-    "camconsistency": ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers",
-                       "4", "--batch_size", "4", "--n_critic", "2"],
-    "amgan": ["--img_size", "32", "--conv_dim", "4", "--d_conv_dim", "4", "--n_res", "1", "--d_layers", "4",
-              "--batch_size", "4", "--n_critic", "2", "--no_attention_loss", "--no_perceptual"],
-}
 MODULES = {"ugatit": ugatit, "attentiongan": attentiongan, "uag": uag, "camconsistency": camconsistency,
            "amgan": amgan}
 SCRIPTS = list(TINY)
 TWO_DOMAIN = ["ugatit", "attentiongan", "uag"]
-QUIET = ["--workers", "0", "--log_every", "1", "--sample_every", "0"]
 
 
 def tensors_finite(path):
@@ -96,7 +86,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 def test_a_run_that_diverges_before_its_first_save_says_no_checkpoint_exists(tmp_path, data_root):
     out = tmp_path / "run"
-    r = run_script("ugatit.py", "--out", str(out), "--iters", "30", "--lr", "1e30", "--save_every", "100",
+    r = run_main("ugatit.py", "--out", str(out), "--iters", "30", "--lr", "1e30", "--save_every", "100",
                    "--data_root", data_root, *TINY["ugatit"], *QUIET)
     assert r.returncode == 1 and "no checkpoint was saved" in r.stderr and not (out / "ckpt.pt").exists(), r.stderr
 
@@ -110,7 +100,7 @@ def test_a_run_that_diverges_before_its_first_save_says_no_checkpoint_exists(tmp
 def test_a_folder_without_one_readable_image_exits_2(tmp_path, script):
     root = tmp_path / "data"
     write_folder_dataset(root, n=0, broken=["a.png", "b.jpg"])
-    r = run_script(f"{script}.py", "--data", str(root), "--out", str(tmp_path / "run"), "--iters", "2",
+    r = run_main(f"{script}.py", "--data", str(root), "--out", str(tmp_path / "run"), "--iters", "2",
                    *TINY[script], "--workers", "1")
     assert r.returncode == 2 and "none of the 2 images" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -121,16 +111,17 @@ def test_an_unreadable_test_image_or_input_is_named_and_nothing_is_replaced(tmp_
     out = str(tmp_path / "run")
     ugatit.main(["--data", str(root), "--out", out, "--iters", "2", *TINY["ugatit"], *QUIET])
     for argv in (["--phase", "test"], ["--phase", "test", "--input", str(root / "testA" / "zz.png")]):
-        r = run_script("ugatit.py", "--out", out, "--workers", "1", *argv)
+        r = run_main("ugatit.py", "--out", out, "--workers", "0", *argv)
         assert r.returncode == 2 and "zz.png" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_skipped_images_are_counted_on_across_a_resume(tmp_path):
+def test_skipped_images_are_counted_on_across_a_resume(tmp_path, monkeypatch):
     root = tmp_path / "data"
     write_folder_dataset(root, n=1, broken=["x.png", "y.png", "z.png"])
     out = str(tmp_path / "run")
     ugatit.main(["--data", str(root), "--out", out, "--iters", "6", "--stop_at", "3", *TINY["ugatit"], *QUIET])
-    r = run_script("ugatit.py", "--out", out, "--resume", "--workers", "0")  # a new process: nothing in memory
+    monkeypatch.setitem(common._stats, "skipped", 0)  # as in a new process: nothing in memory
+    r = run_main("ugatit.py", "--out", out, "--resume", "--workers", "0")
     assert r.returncode == 0, r.stderr
     with open(os.path.join(out, "log.csv")) as f:
         skipped = [int(row["skipped_images"]) for row in csv.DictReader(f)]
@@ -220,6 +211,33 @@ def test_an_attribute_with_a_single_value_stops_before_any_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_in_this_process_while_the_attribute_cnn_trains_saves_it_and_the_next_run_continues(
+        tmp_path, data_root, monkeypatch):
+    """SIGINT raised during the CNN's step 3 (as a terminal's Ctrl-C): <classifier>.partial at step 3, exit 130; the
+    same command continues from it."""
+    argv = ["--phase", "classifier", "--out", str(tmp_path / "run"), "--data_root", data_root, "--img_size", "32",
+            "--cls_batch_size", "8", "--workers", "0"]
+    forward = amgan.AttributeCNN.forward
+    calls = []
+
+    def interrupted_at_step_3(self, x):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return forward(self, x)
+
+    monkeypatch.setattr(amgan.AttributeCNN, "forward", interrupted_at_step_3)
+    r = run_main("amgan.py", *argv, "--cls_iters", "100")
+    partial = tmp_path / "run" / "classifier.pt.partial"
+    assert r.returncode == 130 and partial.exists() and "at step 3 is saved" in r.stderr, r.stderr
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(amgan.AttributeCNN, "forward", forward)
+    r = run_main("amgan.py", *argv, "--cls_iters", "5")
+    assert r.returncode == 0 and "from step 3" in r.stdout, r.stderr
+    assert (tmp_path / "run" / "classifier.pt").exists() and not partial.exists()
+
+
+@pytest.mark.slow
 def test_ctrl_c_while_the_attribute_cnn_trains_saves_it_and_the_next_run_continues(tmp_path, data_root):
     argv = [sys.executable, os.path.join(ROOT, "amgan.py"), "--phase", "classifier", "--out", str(tmp_path / "run"),
             "--data_root", data_root, "--img_size", "32", "--cls_batch_size", "8", "--workers", "0"]
@@ -246,7 +264,7 @@ def test_damaged_or_foreign_checkpoints_are_named_without_torch_advice(tmp_path)
     torch.save({"script": "ugatit", "version": common.CKPT_VERSION, "args": {}}, tmp_path / "partial.pt")
     for name, message in (("junk.pt", "not a checkpoint of this project"), ("pickled.pt", "not a checkpoint"),
                           ("partial.pt", "lacks extra, models, optimizers, rng, step")):
-        r = run_script("ugatit.py", "--phase", "eval", "--ckpt", str(tmp_path / name), "--out", str(tmp_path))
+        r = run_main("ugatit.py", "--phase", "eval", "--ckpt", str(tmp_path / name), "--out", str(tmp_path))
         assert r.returncode == 2 and message in r.stderr and "weights_only" not in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
 

@@ -16,7 +16,7 @@ import attentiongan
 import camconsistency
 import common
 import ugatit
-from conftest import ROOT, run_script
+from conftest import ROOT, run_main
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import official  # noqa: E402
@@ -440,7 +440,7 @@ def test_stargan_flag_that_contradicts_the_files_exits_2_naming_it(tmp_path, dat
 def test_garbage_files_exit_2_without_a_traceback(tmp_path):
     garbage = tmp_path / "toy_params_0001000.pt"
     garbage.write_bytes(b"not a torch file at all")
-    result = run_script("tools/official.py", "ugatit.py", str(garbage), "--out", str(tmp_path / "r"))
+    result = run_main("tools/official.py", "ugatit.py", str(garbage), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "is not a PyTorch weights file" in result.stderr
     assert "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
     folder = tmp_path / "released"

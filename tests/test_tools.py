@@ -72,6 +72,7 @@ def test_grid_rows_keeps_the_asked_rows_of_a_sample_grid(tmp_path):
         results.grid_rows(str(tmp_path / "grid.png"), str(tmp_path / "x.png"), 8, [3])
 
 
+@pytest.mark.slow
 def test_profile_step_counts_the_operators_of_a_step_and_times_the_loader(tmp_path, data_root):
     import subprocess
     argv = ["--out", str(tmp_path / "b"), "--data_root", data_root, "--img_size", "32", "--ch", "4", "--n_res", "1",

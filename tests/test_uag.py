@@ -10,7 +10,7 @@ from PIL import Image
 
 import common
 import uag
-from conftest import count_params, run_script, run_two_processes, same_checkpoint_weights
+from conftest import count_params, run_main, run_two_processes, same_checkpoint_weights
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
@@ -163,7 +163,7 @@ def test_resume_across_the_switch_gives_identical_weights(tmp_path, data_root):
 
 
 def test_bad_image_size_exits_2(tmp_path):
-    r = run_script("uag.py", "--out", str(tmp_path / "x"), "--img_size", "30")
+    r = run_main("uag.py", "--out", str(tmp_path / "x"), "--img_size", "30")
     assert r.returncode == 2 and "multiple of 4" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -173,6 +173,7 @@ def test_bench_prints_one_json_line(tmp_path, data_root, capsys):
     assert result["img_size"] == 32 and result["it_s"] > 0
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_across_the_switch(tmp_path, data_root):
     """gloo on CPU: after the switch the attention nets have no gradients to average and D has no
     norm; the replicas must still agree and only rank 0 writes."""

@@ -14,15 +14,14 @@ from PIL import Image
 
 import common
 import ugatit
-from conftest import ROOT, count_params, run_two_processes
+from conftest import ROOT, copy_run, count_params, run_main, run_two_processes
 
 TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--workers", "0",
         "--log_every", "2", "--sample_every", "2", "--save_every", "2"]
 
 
-def run_script(*argv, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "ugatit.py"), *argv], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+def run_ugatit(*argv):
+    return run_main("ugatit.py", *argv)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,12 +113,17 @@ def test_batched_forward_equals_separate_forwards():
 
 
 def test_train_test_eval_on_toy(tmp_path, data_root):
+    """Also: the learning rate decays to 0, and flags on the command line beat the toy preset."""
     out = str(tmp_path / "run")
-    ugatit.main(["--iters", "4", "--out", out, "--data_root", data_root, *TINY])
+    ugatit.main(["--iters", "4", "--out", out, "--data_root", data_root, "--lr", "1e-4", *TINY])
     for f in ("ckpt.pt", "args.json", "log.csv", "samples/step_0000002.png", "samples/step_0000004.png"):
         assert os.path.exists(os.path.join(out, f)), f
     rows = open(os.path.join(out, "log.csv")).read().splitlines()
     assert rows[0].startswith("step,d_loss,g_adv,g_cycle,g_identity,g_cam,g_loss,lr,seconds") and len(rows) == 3
+    assert [float(r.split(",")[7]) for r in rows[1:]] == [1e-4, 0.0]  # the toy preset's 2e-4 gave way
+    args = json.load(open(os.path.join(out, "args.json")))
+    assert args["img_size"] == 32 and args["sample_every"] == 2 and args["n_dis"] == 4
+    assert args["light"] and args["iters"] == 4 and args["log_every"] == 2
     grid = Image.open(os.path.join(out, "samples/step_0000004.png"))
     assert grid.size[0] > 7 * 32 and grid.size[1] > 8 * 32  # 7 columns, 4 + 4 rows
     # test and eval take the architecture from the checkpoint: no network flags needed
@@ -137,9 +141,9 @@ def test_train_test_eval_on_toy(tmp_path, data_root):
         assert len(m["toy_kid_subsets_x100"]) == 2 and len(m["toy_kid_blocks_x100"]) == 2
 
 
-def test_test_phase_with_own_images(tmp_path, data_root, monkeypatch):
+def test_test_phase_with_own_images(tmp_path, trained, monkeypatch):
     out = str(tmp_path / "run")
-    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+    ckpt = os.path.join(trained("ugatit"), "ckpt.pt")
     photos = tmp_path / "photos"
     os.makedirs(photos / "sub")
     Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(photos / "me.jpg")
@@ -147,7 +151,8 @@ def test_test_phase_with_own_images(tmp_path, data_root, monkeypatch):
         Image.fromarray(np.full((20, 20), 10 * i, np.uint8)).save(photos / "sub" / f"grey{i:02d}.png")
     sizes, translate = [], ugatit.translate
     monkeypatch.setattr(ugatit, "translate", lambda nets, x, d: sizes.append(len(x)) or translate(nets, x, d))
-    ugatit.main(["--phase", "test", "--out", out, "--input", str(photos), "--direction", "a2b", "--workers", "0"])
+    ugatit.main(["--phase", "test", "--ckpt", ckpt, "--out", out, "--input", str(photos), "--direction", "a2b",
+                 "--workers", "0"])
     assert sizes == [16, 2]  # a folder of your own images goes through in test batches, not all at once
     assert sorted(os.listdir(os.path.join(out, "test", "a2b"))) == ["me.png", "me_attention.png", "sub"]
     assert len(os.listdir(os.path.join(out, "test", "a2b", "sub"))) == 2 * 17
@@ -173,33 +178,22 @@ def test_resume_gives_identical_weights(tmp_path, data_root):
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "3", "4", "6"]
 
 
-def test_learning_rate_decays_to_zero_and_flags_beat_the_preset(tmp_path, data_root):
-    out = str(tmp_path / "run")
-    ugatit.main(["--iters", "4", "--out", out, "--data_root", data_root, "--lr", "1e-4", *TINY])
-    lrs = [float(r.split(",")[7]) for r in open(os.path.join(out, "log.csv")).read().splitlines()[1:]]
-    assert lrs == [1e-4, 0.0]  # the toy preset's 2e-4 gave way to the command line
-    args = json.load(open(os.path.join(out, "args.json")))
-    assert args["img_size"] == 32 and args["sample_every"] == 2 and args["n_dis"] == 4
-    assert args["light"] and args["iters"] == 4 and args["log_every"] == 2
-
-
 # ---------------------------------------------------------------------------------------------
 # Bad input: exit code 2, one paragraph, nothing lost
 # ---------------------------------------------------------------------------------------------
 
 
 def test_missing_dataset_exits_2_with_layout(tmp_path):
-    r = run_script("--data", "horse2zebra", "--data_root", str(tmp_path), "--iters", "1")
+    r = run_ugatit("--data", "horse2zebra", "--data_root", str(tmp_path), "--iters", "1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "trainA,trainB,testA,testB" in r.stderr and "--download" in r.stderr
 
 
-def test_existing_checkpoint_is_not_overwritten(tmp_path, data_root):
-    out = str(tmp_path / "run")
-    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+def test_existing_checkpoint_is_not_overwritten(trained, data_root):
+    out = trained("ugatit")
     ckpt = os.path.join(out, "ckpt.pt")
     before = open(ckpt, "rb").read()
-    r = run_script("--iters", "2", "--out", out, "--data_root", data_root, *TINY)
+    r = run_ugatit("--iters", "2", "--out", out, "--data_root", data_root, *TINY)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--resume" in r.stderr
     assert open(ckpt, "rb").read() == before
 
@@ -212,7 +206,7 @@ def test_corrupt_training_image_is_skipped_and_counted(tmp_path):
             Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
     (root / "trainA" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = str(tmp_path / "run")
-    r = run_script("--data", "tiny", "--data_root", str(tmp_path / "data"), "--out", out, "--iters", "6", *TINY)
+    r = run_ugatit("--data", "tiny", "--data_root", str(tmp_path / "data"), "--out", out, "--iters", "6", *TINY)
     assert r.returncode == 0, r.stderr
     assert "skipping unreadable image" in r.stderr and "corrupt.jpg" in r.stderr
     assert "unreadable images were skipped" in r.stderr
@@ -226,21 +220,19 @@ def test_corrupt_training_image_is_skipped_and_counted(tmp_path):
     (["--n_dis", "3"], "too shallow"),
 ])
 def test_image_size_the_networks_cannot_take(tmp_path, argv, message):
-    r = run_script("--out", str(tmp_path / "x"), *argv)
+    r = run_ugatit("--out", str(tmp_path / "x"), *argv)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_checkpoint_from_another_script_or_architecture(tmp_path, data_root):
+def test_checkpoint_from_another_script_or_architecture(tmp_path, trained):
     fake = tmp_path / "other" / "ckpt.pt"
     os.makedirs(fake.parent)
     torch.save({"script": "attentiongan", "args": {}}, fake)
-    r = run_script("--phase", "eval", "--ckpt", str(fake))
+    r = run_ugatit("--phase", "eval", "--ckpt", str(fake))
     assert r.returncode == 2 and "not of ugatit.py" in r.stderr and "Traceback" not in r.stderr
-    out = str(tmp_path / "run")
-    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
-    r = run_script("--phase", "eval", "--out", out, "--ch", "8")
+    r = run_ugatit("--phase", "eval", "--out", trained("ugatit"), "--ch", "8")
     assert r.returncode == 2 and "--ch 4" in r.stderr
-    r = run_script("--phase", "eval", "--out", str(tmp_path / "nothing"))
+    r = run_ugatit("--phase", "eval", "--out", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "Train first" in r.stderr
 
 
@@ -249,10 +241,35 @@ def test_checkpoint_from_another_script_or_architecture(tmp_path, data_root):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel(tmp_path, data_root):
     run_two_processes("ugatit.py", ["--iters", "4", "--data_root", data_root, *TINY], tmp_path)
 
 
+def test_ctrl_c_in_this_process_saves_a_checkpoint_that_resumes(tmp_path, data_root, monkeypatch):
+    """SIGINT during step 3 (raised in this process, as a terminal's Ctrl-C would): the step finishes, the
+    checkpoint of step 3 is saved, exit 130; --resume goes on from there."""
+    out = str(tmp_path / "run")
+    train_step = ugatit.train_step
+    steps = []
+
+    def interrupted_at_step_3(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(ugatit, "train_step", interrupted_at_step_3)
+    r = run_ugatit("--iters", "100", "--out", out, "--data_root", data_root, *TINY, "--save_every", "100")
+    assert r.returncode == 130 and "checkpoint at step 3" in r.stderr and "continue with --resume" in r.stderr
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run gave Ctrl-C back
+    monkeypatch.setattr(ugatit, "train_step", train_step)
+    ugatit.main(["--out", out, "--resume", "--iters", "5", "--data_root", data_root, "--workers", "0"])
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 5
+
+
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, data_root):
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "ugatit.py"), "--iters", "100000", "--out", str(out),
@@ -270,11 +287,10 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, data_root):
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == step + 2
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
-    out = str(tmp_path / "run")
-    ugatit.main(["--iters", "2", "--out", out, "--data_root", data_root, *TINY])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, trained, data_root):
+    out = copy_run(trained("ugatit"), tmp_path / "run")
     before = open(os.path.join(out, "ckpt.pt"), "rb").read()
-    r = run_script("--out", out, "--resume", "--iters", "40", "--lr", "1e30", "--data_root", data_root)
+    r = run_ugatit("--out", out, "--resume", "--iters", "40", "--lr", "1e30", "--data_root", data_root)
     assert r.returncode == 1 and "NaN/Inf" in r.stderr and "last good checkpoint (step 2)" in r.stderr, r.stderr
     assert open(os.path.join(out, "ckpt.pt"), "rb").read() == before
 
@@ -310,15 +326,15 @@ def test_eval_on_a_folder_dataset_computes_kid_and_fid(tmp_path, monkeypatch):
         assert "translation_success" not in metrics[d]
 
 
-def test_eval_on_real_data_without_inception_weights_exits_2(tmp_path):
+def test_eval_on_real_data_without_inception_weights_exits_2(tmp_path, monkeypatch):
     root = tmp_path / "data" / "pairs"
     for split in ("trainA", "trainB", "testA", "testB"):
         os.makedirs(root / split)
         Image.new("RGB", (36, 36)).save(root / split / "x.png")
     out = str(tmp_path / "run")
     ugatit.main(["--data", str(root), "--out", out, "--iters", "1", *TINY])
-    env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty_hub"))
-    r = run_script("--phase", "eval", "--out", out, env=env)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    r = run_ugatit("--phase", "eval", "--out", out)
     assert r.returncode == 2 and "pt_inception-2015-12-05-6726825d.pth" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -333,17 +349,21 @@ def test_one_pass_layer_instance_norm_equals_the_two_pass_formula():
 
 
 def test_ugatit_and_common_alone_in_an_empty_folder_train_test_and_eval(tmp_path, data_root):
-    """The design's promise: copy ugatit.py and common.py anywhere and they run on their own."""
+    """The design's promise: copy ugatit.py and common.py anywhere and they run on their own (one fresh
+    interpreter that imports them from that folder alone runs train, test and eval)."""
     import shutil
     for name in ("ugatit.py", "common.py"):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     env = dict(os.environ, PYTHONPATH="", OMP_NUM_THREADS="1")
-    run = lambda *argv: subprocess.run([sys.executable, "ugatit.py", *argv, "--data_root", data_root],  # noqa: E731
-                                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    for argv in (["--iters", "2", *TINY], ["--phase", "test", "--direction", "a2b", "--workers", "0"],
-                 ["--phase", "eval", "--direction", "a2b", "--workers", "0"]):
-        r = run(*argv)
-        assert r.returncode == 0, r.stderr
+    phases = [["--iters", "2", *TINY], ["--phase", "test", "--direction", "a2b", "--workers", "0"],
+              ["--phase", "eval", "--direction", "a2b", "--workers", "0"]]
+    program = ("import sys, common, ugatit\n"
+               "assert common.__file__.startswith(sys.argv[1]) and ugatit.__file__.startswith(sys.argv[1])\n"
+               f"for argv in {phases!r}:\n"
+               "    common.cli(lambda: ugatit.main(argv + ['--data_root', sys.argv[2]]))\n")
+    r = subprocess.run([sys.executable, "-c", program, str(tmp_path), data_root], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     assert set(os.listdir(tmp_path)) - {"__pycache__"} == {"common.py", "results", "ugatit.py"}
     assert len(os.listdir(tmp_path / "results" / "ugatit_toy" / "test" / "a2b")) == 400
     assert json.load(open(tmp_path / "results" / "ugatit_toy" / "metrics.json"))["a2b"]["images"] == 200

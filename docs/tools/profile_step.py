@@ -73,7 +73,7 @@ class ProfiledBench(common.Bench):
         (batch[0] if isinstance(batch, tuple) else batch).sum().item()  # wait for the last copy
         loader_seconds = time.perf_counter() - t0
         n_streams = len(self.streams)
-        result = {"device": self.device_name(), **self.settings,
+        result = {**self.settings,
                   "it_s": round(self.timed / self.seconds, 3),
                   "img_s": round(self.timed * batch_size / self.seconds, 3),
                   "peak_mem_mb": round(common.peak_memory_mb(device), 1), "ops_per_step": self.ops_per_step,
