@@ -331,7 +331,7 @@ def train_classifier(args, attrs, train_set, device):
         opt.load_state_dict(state["opt"])
         start = state["step"]
         print(f"attribute CNN: continuing {partial} from step {start}")
-    sampler = common.InfiniteSampler(len(train_set), args.seed + 101, start * args.cls_batch_size)
+    sampler = common.shuffled_positions(len(train_set), args.seed + 101, start * args.cls_batch_size)
     loader = iter(torch.utils.data.DataLoader(train_set, batch_size=args.cls_batch_size, sampler=sampler,
                                               num_workers=args.workers, generator=torch.Generator()))
     ctrl_c, old_handler = [], signal.signal(signal.SIGINT, lambda *_: ctrl_c.append(1))
@@ -638,12 +638,11 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
             if save or interrupted:
                 log.write(step, lr)
                 if dist_.main:
-                    extra = {"elapsed": log.seconds(), "draws": draws.get_state(), "attributes": attrs.state()}
+                    extra = {"elapsed": log.seconds(), "draws": draws.get_state(), "attributes": attrs.state}
                     common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
                 log.last_saved = step
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
               f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
@@ -836,15 +835,15 @@ def parse_flags(argv=None):
     """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="AMGAN (Ak et al., ICCV 2019): attribute manipulation with attention, CAM guidance and a crop D.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Defaults are the paper's. On the toy dataset (the default --data toy-attr) flags not given on the "
-               "command line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, extra_phases=("classifier",), data="toy-attr")
-    add = parser.add_argument
-    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
-        f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
-    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
-        "(default: every value of every manipulated attribute)")
+        formatter_class=common.HelpFormatter)
+    groups = common.add_common_flags(parser, SCRIPT, extra_phases=("classifier",), data="toy-attr")
+    add = groups["paper"].add_argument
+    add_phase = groups["phases"].add_argument
+    groups["data"].add_argument("--attrs", default=None, help="comma-separated attributes to manipulate (default: "
+                                f"toy-attr color,sleeve; CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv "
+                                f"every column)")
+    add_phase("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
+              "(default: every value of every manipulated attribute)")
     parser.set_defaults(img_size=128, batch_size=16, iters=80_000, lr=1e-4, save_every=5000)
     add("--conv_dim", type=int, default=64, help="generator base channels")
     add("--d_conv_dim", type=int, default=64, help="discriminator base channels")
@@ -869,10 +868,11 @@ def parse_flags(argv=None):
     add("--cls_iters", type=int, default=10_000, help="attribute CNN training steps")
     add("--cls_batch_size", type=int, default=64, help="attribute CNN batch size")
     add("--cls_lr", type=float, default=1e-4, help="attribute CNN learning rate (Adam)")
-    add("--region", default=None, choices=["sleeves", "torso"],
-        help="test: confine the --target manipulation to the sleeves or the torso (Sec. 4)")
-    add("--region_from", default="sleeve=sleeveless", help="the manipulation whose attention marks the sleeves")
-    add("--region_threshold", type=float, default=0.9, help="the region's attention values below this are set to 0")
+    add_phase("--region", default=None, choices=["sleeves", "torso"],
+              help="test: confine the --target manipulation to the sleeves or the torso (Sec. 4)")
+    add_phase("--region_from", default="sleeve=sleeveless", help="the manipulation whose attention marks the sleeves")
+    add_phase("--region_threshold", type=float, default=0.9,
+              help="the region's attention values below this are set to 0")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS,
                              positive=("conv_dim", "d_conv_dim", "d_layers", "n_critic", "cls_iters",
                                        "cls_batch_size", "cls_lr", "ref_per_label_set"))
@@ -887,7 +887,7 @@ def main(argv=None):
     args = parse_flags(argv)
     if args.phase in ("test", "eval"):  # the checkpoint holds the attribute set: --input needs no dataset
         state = common.read_checkpoint(args.ckpt, SCRIPT)
-        attrs = common.checkpoint_attributes(state, args.data, args.data_root, args.attrs)
+        attrs = common.AttributeSet(**state["extra"]["attributes"])
     else:
         attrs, train_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "train")
     if args.phase == "classifier":
@@ -916,7 +916,7 @@ def main(argv=None):
             evaluate(args, attrs, manipulator, device)
     else:
         train(args, attrs, train_set, dist_, device, nets, cnn)
-    dist_.close()
+    dist_.close(nets.values())  # under torchrun: the replicas' weight sums
 
 
 if __name__ == "__main__":

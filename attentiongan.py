@@ -373,7 +373,6 @@ def train(args, dist_, device, nets, train_a, train_b):
                 log.last_saved = step
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
               f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
@@ -453,11 +452,10 @@ def parse_flags(argv=None):
     """The command line -> the run's flags: a preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="AttentionGAN (Tang et al., TNNLS 2021): attention-guided unpaired image-to-image translation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
-               "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT)
-    add = parser.add_argument
+        formatter_class=common.HelpFormatter)
+    groups = common.add_common_flags(parser, SCRIPT)
+    add = groups["paper"].add_argument
+    add_phase = groups["phases"].add_argument
     parser.set_defaults(lr=2e-4)
     add("--scheme", default="II", choices=["I", "II"],
         help="II: separate content/attention decoders, n masks (official code); I: one mask, attention-guided D, "
@@ -476,9 +474,12 @@ def parse_flags(argv=None):
     add("--n_epochs_decay", type=int, default=100, help="epochs of linear decay to 0")
     add("--preset", default="paper", choices=["paper", "released"],
         help="real data: 'released' trains like the released models (60 epochs, batch 4, constant lr)")
-    add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
-    known, _ = parser.parse_known_args(argv)
-    real_preset = {"iters": None, **(RELEASED_PRESET if known.preset == "released" else {})}
+    add_phase("--direction", default="both", choices=["both", "a2b", "b2a"],
+              help="test phase: which translations to write")
+    preset = argparse.ArgumentParser(add_help=False)  # --preset alone, read first: it picks the real-data preset
+    preset.add_argument("--preset", default="paper")
+    released = preset.parse_known_args(argv)[0].preset == "released"
+    real_preset = {"iters": None, **(RELEASED_PRESET if released else {})}
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": real_preset}, ARCH_FLAGS,
                              positive=("ngf", "ndf"))
     check_args(args)
@@ -506,7 +507,7 @@ def main(argv=None):
             evaluate(args, nets, device)
     else:
         train(args, dist_, device, nets, train_a, train_b)
-    dist_.close()
+    dist_.close(nets.values())  # under torchrun: the replicas' weight sums
 
 
 if __name__ == "__main__":

@@ -326,12 +326,11 @@ def train(args, attrs, train_set, dist_, device, nets):
             if save or interrupted:
                 log.write(step, lr)
                 if dist_.main:
-                    extra = {"elapsed": log.seconds(), "attributes": attrs.state()}
+                    extra = {"elapsed": log.seconds(), "attributes": attrs.state}
                     common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
                 log.last_saved = step
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
               f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
@@ -451,16 +450,15 @@ def parse_flags(argv=None):
     """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="StarGAN with the CAM-consistency loss (Kim et al., CVPR 2021); --lambda_cam 0 is plain StarGAN.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Defaults are StarGAN's (CelebA, 128 px). On the toy dataset (the default --data toy-attr) flags not "
-               "given on the command line come from the toy preset: "
-               + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT, data="toy-attr")
-    add = parser.add_argument
-    add("--attrs", default=None, help="comma-separated attributes to manipulate (default: toy-attr color,sleeve; "
-        f"CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv every column)")
-    add("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
-        "(default: every value of every manipulated attribute)")
+        formatter_class=common.HelpFormatter)
+    groups = common.add_common_flags(parser, SCRIPT, data="toy-attr")
+    add = groups["paper"].add_argument
+    add_phase = groups["phases"].add_argument
+    groups["data"].add_argument("--attrs", default=None, help="comma-separated attributes to manipulate (default: "
+                                f"toy-attr color,sleeve; CelebA {','.join(common.CELEBA_DEFAULT_ATTRS)}; labels.csv "
+                                f"every column)")
+    add_phase("--target", default=None, help="test phase: the manipulation(s) to apply, e.g. color=red,sleeve=long "
+              "(default: every value of every manipulated attribute)")
     parser.set_defaults(img_size=128, batch_size=16, iters=200_000, lr=1e-4)
     add("--iters_decay", type=int, default=None, help="last iterations over which the lr decays linearly to 0 "
         "(default: half of --iters, StarGAN's 100,000 of 200,000)")
@@ -489,7 +487,7 @@ def main(argv=None):
     device = common.pick_device(args.device, dist_.local_rank, args.amp)
     if args.phase in ("test", "eval"):  # the checkpoint holds the attribute set: --input needs no dataset
         state = common.read_checkpoint(args.ckpt, SCRIPT)
-        attrs = common.checkpoint_attributes(state, args.data, args.data_root, args.attrs)
+        attrs = common.AttributeSet(**state["extra"]["attributes"])
     else:
         attrs, train_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "train")
     common.seed_everything(args.seed)
@@ -510,7 +508,7 @@ def main(argv=None):
             evaluate(args, attrs, nets, device)
     else:
         train(args, attrs, train_set, dist_, device, nets)
-    dist_.close()
+    dist_.close(nets.values())  # under torchrun: the replicas' weight sums
 
 
 if __name__ == "__main__":

@@ -1,17 +1,13 @@
 """Plumbing shared by the five paper scripts, which a reader can skip: all that a paper is about (networks,
 losses, the training step and loop, pictures) is in its script. Nouns, never a flow that calls back:
-
- 1. Flags ............ UserError, cli, add_common_flags, parse_args (presets)
+ 1. Flags ............ UserError, cli, HelpFormatter, add_common_flags, parse_args (presets)
  2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
- 3. Data ............. image folders (ImageFiles, domain_images, train_batches, test_batches,
-                       input_images, download_dataset), attribute data (AttributeSet, CelebA,
-                       labels.csv), the embedded toy datasets (toy_render, ToyDataset)
+ 3. Data ............. image folders (ImageFiles, domain_images, train_batches, test_batches, input_images,
+                       download_dataset), attribute data (AttributeSet, CelebA, labels.csv), the toy datasets
  4. Shared blocks .... lsgan, init_normal
- 5. Checkpoint, log .. save_checkpoint, read_checkpoint, load_checkpoint, load_for_inference, prepare_out,
-                       RunLog (with Ctrl-C), Bench
+ 5. Checkpoint, log .. save_checkpoint, read_checkpoint, load_checkpoint, prepare_out, RunLog (Ctrl-C), Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures, write_index_html
- 7. Evaluation ....... the toy judge, KID and FID, the FID Inception, toy metrics,
-                       TranslationMetrics, AttributeMetrics, write_metrics
+ 7. Evaluation ....... the toy judge, KID, FID and its Inception, TranslationMetrics, AttributeMetrics, write_metrics
 """
 import argparse
 import colorsys
@@ -68,33 +64,51 @@ def cli(main):
         sys.exit({UserError: 2, Diverged: 1, Interrupted: 130}[type(e)])
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help: a flag's default once (none where its help says what None means), and its toy value (`action.toy`)."""
+
+    def _get_help_string(self, action):
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        shown = [] if hidden else ["default: %(default)s"]
+        shown += [f"on toy data: {action.toy}"] if hasattr(action, "toy") else []
+        return action.help + (f" ({'; '.join(shown)})" if shown else "")
+
+
 def add_common_flags(parser, script, extra_phases=(), data="toy"):
-    """The flags every script has. Paper flags are added by the script."""
+    """The flags every script has, in groups -> the groups by name ("data", "training", "paper", "phases"), where the
+    script adds its own flags."""
     parser.allow_abbrev = False  # a flag is given in full, so that presets and checkpoints see which ones were
-    add = parser.add_argument
+    parser.epilog = "Defaults are the paper's; on toy data (the default --data) a flag not given takes its toy value."
+    titles = {"data": "data", "training": "training", "paper": "the paper's hyper-parameters and ablations",
+              "phases": "output and phases"}  # the order of --help
+    groups = {name: parser.add_argument_group(title) for name, title in titles.items()}
+    add = groups["data"].add_argument
     add("--data", default=data, help="toy dataset (toy, toy-shape, toy-attr), a dataset under --data_root, or a path")
     add("--data_root", default="dataset", help="folder holding datasets (and the cached toy judge)")
-    add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
+    add("--download", nargs="?", const="", metavar="NAME", help="first fetch a CycleGAN dataset (NAME: --data)")
     add("--img_size", type=int, default=256, help="image side in pixels")
+    add("--workers", type=int, default=2, help="DataLoader worker processes")
+    add = groups["training"].add_argument
     add("--batch_size", type=int, default=1, help="images per domain per step (per process under torchrun)")
     add("--iters", type=int, default=1_000_000, help="training iterations")
     add("--lr", type=float, default=1e-4, help="initial learning rate")
+    add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
     add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, else mps, else cpu")
     add("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     add("--compile", action="store_true", help="torch.compile the networks")
-    add("--seed", type=int, default=0, help="random seed (data order, init, toy data)")
-    add("--out", default=None, help=f"output folder (default results/{script}_<data>)")
     add("--resume", action="store_true", help="continue training from <out>/ckpt.pt (or --ckpt)")
-    add("--ckpt", default=None, help="checkpoint path (default <out>/ckpt.pt)")
-    add("--workers", type=int, default=2, help="DataLoader worker processes")
+    add("--stop_at", type=int, default=None,
+        help="end this invocation at step N with a checkpoint (for time-limited jobs); --resume continues to --iters")
+    add = groups["phases"].add_argument
+    add("--phase", default="train", choices=["train", "test", "eval", "bench", *extra_phases], help="what to do")
+    add("--out", default=None, help=f"output folder (default: results/{script}_<data>)")
+    add("--ckpt", default=None, help="checkpoint path (default: <out>/ckpt.pt)")
     add("--sample_every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
     add("--save_every", type=int, default=10_000, help="write the checkpoint every N steps (and at the end)")
     add("--log_every", type=int, default=100, help="average the losses into log.csv every N steps")
-    add("--stop_at", type=int, default=None,
-        help="end this invocation at step N with a checkpoint (for time-limited jobs); --resume continues to --iters")
-    add("--download", nargs="?", const="", metavar="NAME", help="first fetch a CycleGAN dataset (default: --data)")
     add("--input", default=None, help="test phase: translate this image file or folder instead of the test split")
     add("--inception_weights", default=None, help="eval: path of pt_inception-2015-12-05-6726825d.pth (FID Inception)")
+    return groups
 
 
 # Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
@@ -102,17 +116,15 @@ PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_a
                   "compile", "inception_weights"}
 
 
-def _given_flags(parser, argv):
-    """Names of the flags that appear on the command line (a preset never overrides them)."""
-    tokens = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")}
-    return {a.dest for a in parser._actions if tokens & set(a.option_strings)}
-
-
 def parse_args(parser, argv, script, presets, arch_flags, positive=()):
     """Parse the command line, then fill the flags it did not give: a new run from `presets["toy"]` on toy data
     (else `presets["real"]`), test, eval and --resume from the checkpoint (contradicting its architecture: error)."""
+    for action in parser._actions:  # --help shows the toy preset's values
+        if action.dest in presets["toy"]:
+            action.toy = presets["toy"][action.dest]
     args = parser.parse_args(argv)
-    given = _given_flags(parser, argv)
+    tokens = {t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")}
+    given = {a.dest for a in parser._actions if tokens & set(a.option_strings)}  # a preset never overrides these
     if args.download is not None:
         if args.download:
             if "data" in given and args.data != args.download:
@@ -247,14 +259,12 @@ class Dist:
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))
 
-    def check_replicas(self, modules):
-        """Under torchrun every rank prints a float64 sum of its weights: equal sums, identical replicas."""
-        if self.world > 1:
+    def close(self, modules):
+        """Under torchrun every rank prints a float64 sum of its weights (equal sums: identical replicas), then the
+        process group ends."""
+        if self.world > 1 and dist.is_initialized():
             total = sum(p.double().sum().item() for m in modules for p in m.parameters())
             print(f"rank {self.rank}: weights sum {total!r}")
-
-    def close(self):
-        if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -333,30 +343,22 @@ class ImageFiles(torch.utils.data.Dataset):
         raise UserError(f"none of the {len(self.files)} images in {self.root or self.files[0]} can be read.")
 
 
-class InfiniteSampler(torch.utils.data.Sampler):
-    """Endless shuffled (index, augmentation seed) pairs, a function of the position (exact resume); rank r of K
-    takes positions r, r+K, ..."""
-
-    def __init__(self, n, seed, start=0, rank=0, world=1):
-        self.n = n
-        self.seed = seed
-        self.start = start
-        self.rank, self.world = rank, world
-
-    def __iter__(self):
-        perm, perm_epoch = None, -1
-        for pos in itertools.count(self.start):
-            p = pos * self.world + self.rank
-            epoch, offset = divmod(p, self.n)
-            if epoch != perm_epoch:
-                perm, perm_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
-            yield int(perm[offset]), self.seed * 1_000_003 + p
+def shuffled_positions(n, seed, start=0, rank=0, world=1):
+    """Endless shuffled (index, augmentation seed) pairs for a dataset of n items (a DataLoader's sampler), a function
+    of the position from `start` on (exact resume); rank r of K takes positions r, r+K, ..."""
+    perm, perm_epoch = None, -1
+    for pos in itertools.count(start):
+        p = pos * world + rank
+        epoch, offset = divmod(p, n)
+        if epoch != perm_epoch:
+            perm, perm_epoch = np.random.default_rng([seed, epoch]).permutation(n), epoch
+        yield int(perm[offset]), seed * 1_000_003 + p
 
 
 def train_batches(dataset, batch_size, workers, seed, device, dist_, start_step, labels=False):
     """Endless device batches of `dataset` (with `labels`: (images, labels)) from `start_step` on, in an order set
     by `seed`, this process's share under torchrun (`dist_`); draws the loader's base seed from the global RNG."""
-    sampler = InfiniteSampler(len(dataset), seed, start_step * batch_size, dist_.rank, dist_.world)
+    sampler = shuffled_positions(len(dataset), seed, start_step * batch_size, dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True)
@@ -385,10 +387,14 @@ def _batches(it):
 
 
 def _layout_help(root):
-    return (f"Expected the unpaired layout {root}/{{trainA,trainB,testA,testB}}/ (or {root}/train/A etc.) "
-            f"with image files (any names, {', '.join(IMG_EXTS)}) under each folder. CycleGAN datasets: "
-            f"--download NAME ({', '.join(CYCLEGAN_DATASETS)}). selfie2anime: download it from "
-            f"{SELFIE2ANIME_URL} and unzip so that {root}/trainA exists. Or run on an embedded toy dataset: "
+    name = os.path.basename(os.path.normpath(root))
+    get = f"CycleGAN datasets: --download NAME ({', '.join(CYCLEGAN_DATASETS)}); selfie2anime: {SELFIE2ANIME_URL}."
+    if name in CYCLEGAN_DATASETS:
+        get = f"--download {name} fetches exactly this dataset."
+    if name == "selfie2anime":
+        get = f"selfie2anime is on Google Drive: download it from {SELFIE2ANIME_URL} and unzip it there."
+    return (f"Expected the unpaired layout {root}/{{trainA,trainB,testA,testB}}/ (or {root}/train/A etc.) with image "
+            f"files (any names, {', '.join(IMG_EXTS)}) under each folder. {get} Or run on an embedded toy dataset: "
             f"--data toy, toy-shape or toy-attr.")
 
 
@@ -457,10 +463,7 @@ def download_dataset(name, data_root, url=None):
         return target
     part = os.path.join(make_folder(data_root), f".{name}.zip.part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f, tqdm(
-                total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True) as bar:
-            while chunk := response.read(1 << 20):
-                bar.update(f.write(chunk))
+        torch.hub.download_url_to_file(url, part, progress=True)
         if not zipfile.is_zipfile(part):
             raise UserError(f"{url} did not give a zip file; download it by hand and unzip it into {data_root}.")
         with zipfile.ZipFile(part) as z:
@@ -492,20 +495,18 @@ class AttributeSet:
     their columns."""
 
     def __init__(self, names, values, binary, manipulated, exclusive=()):
-        self.names = list(names)
-        self.values = [list(v) for v in values]
-        self.binary = list(binary)
-        self.manipulated = list(manipulated)
+        # the constructor's arguments as plain data (a checkpoint stores them): AttributeSet(**attrs.state)
+        self.state = {"names": list(names), "values": [list(v) for v in values], "binary": list(binary),
+                      "manipulated": list(manipulated), "exclusive": [sorted(e) for e in exclusive]}
+        self.names = self.state["names"]
+        self.values = self.state["values"]
+        self.binary = self.state["binary"]
+        self.manipulated = self.state["manipulated"]
         self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
         widths = [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
         ends = np.cumsum([0] + widths)
         self.c_dim = int(ends[-1])
         self.slices = {g: slice(int(a), int(b)) for g, a, b in zip(self.manipulated, ends[:-1], ends[1:])}
-
-    def state(self):
-        """The constructor's arguments as plain data (a checkpoint stores them): AttributeSet(**state)."""
-        return {"names": self.names, "values": self.values, "binary": self.binary, "manipulated": self.manipulated,
-                "exclusive": [sorted(e) for e in self.exclusive]}
 
     def vector(self, labels):
         """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
@@ -554,14 +555,6 @@ def select_attributes(names, values, binary, attrs_arg, default, exclusive_names
         raise UserError(f"--attrs: {', '.join(single)} takes a single value in this dataset, so there is nothing to "
                         f"change it to; choose other attributes (this dataset has {', '.join(names)}).")
     return AttributeSet(names, values, binary, manipulated, [[g for g in manipulated if names[g] in exclusive_names]])
-
-
-def checkpoint_attributes(state, data, data_root, attr_names):
-    """The AttributeSet a checkpoint was trained with (a run saved before checkpoints held it: from --data)."""
-    stored = state["extra"].get("attributes")
-    if stored:
-        return AttributeSet(**stored)
-    return attribute_data(data, data_root, 16, attr_names, "test")[0]
 
 
 def _read_lines(path):
@@ -880,7 +873,7 @@ def init_normal(module, std=0.02):
 
 # ==================== 5. Checkpoint and run log: one resumable file, log.csv, Ctrl-C, --phase bench =================
 
-CKPT_VERSION = 1  # bump when the checkpoint layout changes; load_checkpoint refuses other versions
+CKPT_VERSION = 2  # bump when the checkpoint layout changes (2: attribute scripts store their attribute set)
 
 
 def rng_state():
@@ -929,8 +922,7 @@ def save_checkpoint(path, script, flags, step, models, optimizers, extra=None):
 
 
 def load_tensors(path, not_ours):
-    """torch.load with weights_only=True (a file of plain data never runs code), else UserError `not_ours` naming
-    torch's exception: never the pickle fallback torch's own message suggests."""
+    """torch.load, weights_only (plain data never runs code); else UserError `not_ours`, not torch's pickle advice."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -1227,7 +1219,7 @@ def _toy_augment(x, name, gen):
 @torch.enable_grad()  # also when an eval phase runs under no_grad
 def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
     """Train the judge (cross-entropy, Adam 1e-3; >= 98% test accuracy at 64 px, >= 95% at 32 px):
-    -> (judge in eval mode, mean test accuracy); judge.test_accuracies has it per direction or attribute."""
+    -> (judge in eval mode, its test accuracy: the mean over the domains or attribute groups)."""
     def split_data(split):  # the whole split: images (N, 3, S, S), targets (N, heads)
         n = TOY_SPLIT_SIZES[split]
         if name == "toy-attr":
@@ -1254,13 +1246,11 @@ def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
     with torch.no_grad():
         preds = [torch.cat(p) for p in zip(*[[l.argmax(1).cpu() for l in judge(xb.to(device))]
                                              for xb in x.split(256)])]
-    if name == "toy-attr":
-        per = {group: (p == y[:, k]).float().mean().item() for k, (group, p) in enumerate(zip(TOY_ATTRS, preds))}
-    else:
-        correct = (preds[0] == y[:, 0]).float()
-        per = {f"{d}->{d}": correct[y[:, 0] == k].mean().item() for k, d in enumerate("AB")}
-    judge.test_accuracies = per
-    return judge, sum(per.values()) / len(per)
+    if name == "toy-attr":  # per attribute group
+        accuracies = [(p == y[:, k]).float().mean().item() for k, p in enumerate(preds)]
+    else:  # per domain
+        accuracies = [(preds[0] == y[:, 0]).float()[y[:, 0] == k].mean().item() for k in range(2)]
+    return judge, sum(accuracies) / len(accuracies)
 
 
 def load_toy_judge(name, size, data_root, device="cpu"):
@@ -1269,13 +1259,13 @@ def load_toy_judge(name, size, data_root, device="cpu"):
     if os.path.isfile(path):
         saved, judge = load_tensors(path, f"{path} is a damaged toy judge cache: delete it to retrain"), ToyJudge(name)
         judge.load_state_dict(saved["state_dict"])
-        judge.test_accuracies, accuracy = saved["accuracies"], saved["accuracy"]
+        accuracy = saved["accuracy"]
     else:
         print(f"training the toy judge for {name} at {size} px once; cached in {path}")
         judge, accuracy = train_toy_judge(name, size, device=device)
         state = {k: v.cpu() for k, v in judge.state_dict().items()}
         make_folder(os.path.dirname(path))
-        torch.save({"state_dict": state, "accuracy": accuracy, "accuracies": judge.test_accuracies}, f"{path}.tmp")
+        torch.save({"state_dict": state, "accuracy": accuracy}, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
     return judge.to(device).eval(), accuracy
 
@@ -1477,8 +1467,7 @@ class TranslationMetrics:
     outside the mask, attention IoU/pointing, toy-KID; real data: KID and FID on FID Inception features."""
 
     def __init__(self, data, img_size, data_root, ckpt, device, inception_weights=None):
-        self.device = device
-        self.toy = data in TOY_NAMES
+        self.device, self.toy = device, data in TOY_NAMES
         self.parts = {}
         self.results = {"data": data, "img_size": img_size, "ckpt": ckpt}
         if self.toy:
@@ -1527,8 +1516,7 @@ class AttributeMetrics:
 
     def __init__(self, attrs, test_set, data, img_size, data_root, ckpt, device, workers=0, inception_weights=None):
         self.attrs = attrs
-        self.device = device
-        self.toy = data in TOY_NAMES
+        self.device, self.toy = device, data in TOY_NAMES
         self.results = {"data": data, "img_size": img_size, "ckpt": ckpt,
                         "manipulated": [attrs.names[g] for g in attrs.manipulated]}
         self.sums, self.fake = {g: {} for g in attrs.manipulated}, {g: [] for g in attrs.manipulated}
@@ -1584,17 +1572,29 @@ class AttributeMetrics:
         return self.results
 
 
+# The metrics as docs/results.md names, orders and formats them (docs/tools/results.py makes its tables with them).
+METRIC_COLUMNS = [("success", "translation_success", "{:.0%}"), ("bg PSNR dB", "background_psnr_db", "{:.2f}"),
+                  ("accuracy", "attribute_accuracy", "{:.1%}"), ("preserved PSNR dB", "preserve_psnr_db", "{:.2f}"),
+                  ("preserved L1", "preserve_l1", "{:.3f}"), ("others kept", "kept_accuracy", "{:.1%}"),
+                  ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
+                  ("retrieval top-30", "retrieval_top30", "{:.2f}"), ("toy-KID×100", "toy_kid_blocks_x100", "{:.2f}"),
+                  ("KID×100", "kid_blocks_x100", "{:.2f}"), ("FID", "fid", "{:.2f}")]
+
+
 def write_metrics(out, results):
-    """<out>/metrics.json, and a small table on the console: one row per direction or attribute."""
+    """<out>/metrics.json, and on the console a row per direction or attribute with docs/results.md's names and
+    order, each estimate with its spread (KID: ± std or standard error) where there is one."""
     make_folder(out)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = {k: v for k, v in results.items() if isinstance(v, dict)}
     print("\n".join(f"{k}: {v}" for k, v in results.items() if k not in rows))
-    cols = sorted({c for r in rows.values() for c in r})
-    fmt = lambda v: (f"{v[0]:.3f}±{v[1]:.3f}" if isinstance(v, list)  # noqa: E731
-                     else f"{v:.4g}" if isinstance(v, float) else str(v))
-    print(" | ".join([""] + cols))
+    columns = [c for c in METRIC_COLUMNS if any(c[1] in r for r in rows.values())]
+
+    def cell(value, fmt):
+        mean, spread = value if isinstance(value, list) else (value, 0)
+        return fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread and math.isfinite(spread) else "")
+    print(" | ".join([""] + [label for label, _, _ in columns]))
     for name, r in rows.items():
-        print(" | ".join([name] + [fmt(r[c]) if c in r else "-" for c in cols]))
+        print(" | ".join([name] + [cell(r[key], fmt) if key in r else "-" for _, key, fmt in columns]))
     return results

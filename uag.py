@@ -351,7 +351,6 @@ def train(args, dist_, device, nets, train_a, train_b):
                 log.last_saved = step
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
               f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
@@ -432,11 +431,10 @@ def parse_flags(argv=None):
     """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="UAG (Mejjati et al., NeurIPS 2018): unsupervised attention-guided image-to-image translation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
-               "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT)
-    add = parser.add_argument
+        formatter_class=common.HelpFormatter)
+    groups = common.add_common_flags(parser, SCRIPT)
+    add = groups["paper"].add_argument
+    add_phase = groups["phases"].add_argument
     add("--ngf", type=int, default=32, help="base channels of the generators and attention nets")
     add("--ndf", type=int, default=64, help="discriminator base channels")
     add("--n_res", type=int, default=9, help="residual blocks in the generator")
@@ -451,7 +449,8 @@ def parse_flags(argv=None):
         help="baseline: no attention nets (A = 1), i.e. CycleGAN without identity loss")
     add("--att_kernels", default="intended", choices=["intended", "official"],
         help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
-    add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    add_phase("--direction", default="both", choices=["both", "a2b", "b2a"],
+              help="test phase: which translations to write")
     parser.set_defaults(lr=1e-4)
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {"iters": None}}, ARCH_FLAGS,
                              positive=("ngf", "ndf", "epochs"))
@@ -480,7 +479,7 @@ def main(argv=None):
             evaluate(args, nets, device)
     else:
         train(args, dist_, device, nets, train_a, train_b)
-    dist_.close()
+    dist_.close(nets.values())  # under torchrun: the replicas' weight sums
 
 
 if __name__ == "__main__":

@@ -425,7 +425,6 @@ def train(args, dist_, device, nets, train_a, train_b):
                 log.last_saved = step
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
-    dist_.check_replicas(nets.values())
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
               f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
@@ -506,11 +505,10 @@ def parse_flags(argv=None):
     """The command line -> the run's flags: the toy preset or the checkpoint's flags filled in, then checked."""
     parser = argparse.ArgumentParser(
         description="U-GAT-IT (Kim et al., ICLR 2020): attention-guided unpaired image-to-image translation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Defaults are the paper's. On a toy dataset (the default --data toy) flags not given on the command "
-               "line come from the toy preset: " + " ".join(f"--{k} {v}" for k, v in TOY_PRESET.items()))
-    common.add_common_flags(parser, SCRIPT)
-    add = parser.add_argument
+        formatter_class=common.HelpFormatter)
+    groups = common.add_common_flags(parser, SCRIPT)
+    add = groups["paper"].add_argument
+    add_phase = groups["phases"].add_argument
     add("--light", action=argparse.BooleanOptionalAction, default=False,
         help="U-GAT-IT-light: the gamma/beta MLP reads globally pooled features (10.6M instead of 279M G parameters)")
     add("--ch", type=int, default=64, help="base channel count of G and D")
@@ -530,7 +528,8 @@ def parse_flags(argv=None):
     add("--no_dcam", action="store_true", help="ablation: no CAM in the discriminators")
     add("--init", default="normal", choices=["normal", "default"],
         help="N(0, 0.02) init (paper) or PyTorch's default (official PyTorch code)")
-    add("--direction", default="both", choices=["both", "a2b", "b2a"], help="test phase: which translations to write")
+    add_phase("--direction", default="both", choices=["both", "a2b", "b2a"],
+              help="test phase: which translations to write")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS, positive=("ch",))
     check_args(args)
     return args
@@ -557,7 +556,7 @@ def main(argv=None):
             evaluate(args, nets, device)
     else:
         train(args, dist_, device, nets, train_a, train_b)
-    dist_.close()
+    dist_.close(nets.values())  # under torchrun: the replicas' weight sums
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """common.py: data loading, download, sampler, checkpoint, image pool, schedule, pictures."""
 import argparse
+import json
 import os
 import random
 import zipfile
@@ -74,15 +75,15 @@ def test_unpaired_layout_both_styles_and_errors(tmp_path):
 
 
 def test_infinite_sampler_resumes_and_shards():
-    full = common.InfiniteSampler(7, seed=3)
+    full = common.shuffled_positions(7, seed=3)
     it = iter(full)
     stream = [next(it) for _ in range(30)]
-    it2 = iter(common.InfiniteSampler(7, seed=3, start=12))
+    it2 = iter(common.shuffled_positions(7, seed=3, start=12))
     assert [next(it2) for _ in range(18)] == stream[12:]
     # each epoch is a permutation
     assert sorted(i for i, _ in stream[:7]) == list(range(7))
     # two ranks split one permutation per epoch between them
-    r0, r1 = iter(common.InfiniteSampler(8, 3, rank=0, world=2)), iter(common.InfiniteSampler(8, 3, rank=1, world=2))
+    r0, r1 = iter(common.shuffled_positions(8, 3, rank=0, world=2)), iter(common.shuffled_positions(8, 3, rank=1, world=2))
     a, b = [next(r0)[0] for _ in range(4)], [next(r1)[0] for _ in range(4)]
     assert sorted(a + b) == list(range(8))
 
@@ -189,3 +190,44 @@ def test_presets_fill_flags_not_given_even_when_the_parser_sets_defaults(tmp_pat
     assert args.lr == 2e-4 and args.img_size == 64
     args = common.parse_args(parser, ["--out", str(tmp_path / "b"), "--lr", "1e-4"], "x", presets, ())
     assert args.lr == 1e-4 and args.img_size == 64
+
+
+@pytest.mark.parametrize("script", ["ugatit", "attentiongan", "uag", "amgan", "camconsistency"])
+def test_help_is_in_groups_shows_each_default_once_and_the_toy_values(script, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main(["--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0
+    groups = ["data:", "training:", "the paper's hyper-parameters and ablations:", "output and phases:"]
+    assert [text.index(g) for g in groups] == sorted(text.index(g) for g in groups)
+    flat = " ".join(text.split())  # argparse wraps lines
+    assert "(default: None)" not in flat and "True" not in flat.split("output and phases:")[1]
+    assert "--img_size IMG_SIZE image side in pixels (default: " in flat and "; on toy data: 64)" in flat
+    assert flat.count("(default: results/") == 1 and flat.count("(default: <out>/ckpt.pt)") == 1
+    for line in flat.split(" --")[1:]:  # one default per flag
+        assert line.count("default:") <= 1, line
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("horse2zebra", "--download horse2zebra fetches exactly this dataset"),
+    ("selfie2anime", "selfie2anime is on Google Drive: download it from https://drive.google.com"),
+    ("my_photos", "CycleGAN datasets: --download NAME (horse2zebra, apple2orange")])
+def test_a_missing_dataset_says_how_to_get_that_one(tmp_path, name, expected):
+    with pytest.raises(common.UserError) as e:
+        common.domain_images(name, str(tmp_path), 32, "train", "A")
+    assert expected in str(e.value) and f"{tmp_path}/{name}/{{trainA,trainB,testA,testB}}" in str(e.value)
+    if name != "selfie2anime":
+        assert "Google Drive" not in str(e.value)
+
+
+def test_the_eval_table_uses_the_results_page_names_and_shows_a_spread_only_where_there_is_one(tmp_path, capsys):
+    part = {"images": 200, "toy_kid_subsets_x100": [1.2345, 0.0], "toy_kid_blocks_x100": [1.5, 0.25],
+            "attention_pointing": 0.9, "background_l1": 0.1, "translation_success": 1.0, "background_psnr_db": 20.5,
+            "attention_iou": 0.4}
+    common.write_metrics(str(tmp_path), {"data": "toy", "a2b": part, "b2a": {**part, "translation_success": 0.5}})
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(" | success | bg PSNR dB | attention IoU | pointing | toy-KID×100")
+    assert lines[header + 1] == "a2b | 100% | 20.50 | 0.40 | 0.90 | 1.50 ± 0.25"
+    assert lines[header + 2].startswith("b2a | 50% |")
+    assert json.load(open(tmp_path / "metrics.json"))["a2b"] == part  # the file keeps every value

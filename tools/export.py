@@ -39,7 +39,7 @@ def translators(script, state):
     args = argparse.Namespace(**state["args"])
     x = torch.zeros(2, 3, args.img_size, args.img_size)
     if script in ("amgan", "camconsistency"):
-        attrs = common.checkpoint_attributes(state, args.data, args.data_root, args.attrs)
+        attrs = common.AttributeSet(**state["extra"]["attributes"])
         gen = module.build_networks(args, attrs)["gen"]
         code = torch.zeros(2, gen.body[0].in_channels - 3)  # the labels or manipulation code tiled over x
         return {"gen": gen}, {"gen": (x, code)}

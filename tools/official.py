@@ -268,7 +268,7 @@ def convert(script, path, argv):
         nets = module.build_networks(args)
     else:
         attrs = stargan_attributes(args, c_dim)
-        extra["attributes"] = attrs.state()
+        extra["attributes"] = attrs.state
         nets = module.build_networks(args, attrs)
     try:
         for name, state in states.items():

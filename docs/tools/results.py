@@ -11,15 +11,13 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from common import UserError, cli  # noqa: E402
+from common import METRIC_COLUMNS, UserError, cli  # noqa: E402
 
-TWO_DOMAIN_COLUMNS = [("success", "translation_success", "{:.0%}"), ("bg PSNR dB", "background_psnr_db", "{:.2f}"),
-                      ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
-                      ("toy-KID×100", "toy_kid_blocks_x100", "{:.2f}")]
-ATTRIBUTE_COLUMNS = [("accuracy", "attribute_accuracy", "{:.1%}"), ("preserved PSNR dB", "preserve_psnr_db", "{:.2f}"),
-                     ("preserved L1", "preserve_l1", "{:.3f}"), ("others kept", "kept_accuracy", "{:.1%}"),
-                     ("attention IoU", "attention_iou", "{:.2f}"), ("pointing", "attention_pointing", "{:.2f}"),
-                     ("retrieval top-30", "retrieval_top30", "{:.2f}")]
+COLUMNS = {key: (label, key, fmt) for label, key, fmt in METRIC_COLUMNS}  # the eval table's names and formats
+TWO_DOMAIN_COLUMNS = [COLUMNS[k] for k in ("translation_success", "background_psnr_db", "attention_iou",
+                                           "attention_pointing", "toy_kid_blocks_x100")]
+ATTRIBUTE_COLUMNS = [COLUMNS[k] for k in ("attribute_accuracy", "preserve_psnr_db", "preserve_l1", "kept_accuracy",
+                                          "attention_iou", "attention_pointing", "retrieval_top30")]
 REGION_KEYS = ("sleeve_colour_change_in_sleeves", "plain_colour_change_in_sleeves")
 
 
