@@ -644,8 +644,9 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     if dist_.main:
-        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
-              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}; sample grids in "
+              f"{os.path.join(args.out, 'samples')}. Next: python {SCRIPT}.py --out {args.out} --phase test "
+              f"(the test pictures, shown in {os.path.join(args.out, 'test', 'index.html')}), then --phase eval")
 
 
 # =============================================================================================
@@ -807,6 +808,7 @@ def test(args, attrs, manipulator, device, step):
     common.write_index_html(folder, f"{SCRIPT}.py on {args.data}, step {step}", vars(args),
                             ["input"] + [f"{tag} {kind}" for tag in tags for kind in ("mask", "output")], rows)
     print(f"{count} manipulated images{' and attention maps' if count else ''} in {folder}")
+    print(f"open {os.path.join(folder, 'index.html')} to see them side by side")
 
 
 @torch.no_grad()

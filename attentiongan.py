@@ -374,8 +374,9 @@ def train(args, dist_, device, nets, train_a, train_b):
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     if dist_.main:
-        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
-              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}; sample grids in "
+              f"{os.path.join(args.out, 'samples')}. Next: python {SCRIPT}.py --out {args.out} --phase test "
+              f"(the test pictures, shown in {os.path.join(args.out, 'test', 'index.html')}), then --phase eval")
 
 
 # =============================================================================================
@@ -431,6 +432,7 @@ def test(args, nets, device, step):
         print(f"{direction}: {count} translations and attention maps in {os.path.join(folder, direction)}")
     common.write_index_html(folder, f"{SCRIPT}.py on {args.data}, step {step}", vars(args),
                             ["input", "attention", "output"], rows)
+    print(f"open {os.path.join(folder, 'index.html')} to see them side by side")
 
 
 @torch.no_grad()

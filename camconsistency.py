@@ -332,8 +332,9 @@ def train(args, attrs, train_set, dist_, device, nets):
             if interrupted:
                 raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
     if dist_.main:
-        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}. "
-              f"Next: python {SCRIPT}.py --out {args.out} --phase eval")
+        print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}; sample grids in "
+              f"{os.path.join(args.out, 'samples')}. Next: python {SCRIPT}.py --out {args.out} --phase test "
+              f"(the test pictures, shown in {os.path.join(args.out, 'test', 'index.html')}), then --phase eval")
 
 
 # =============================================================================================
@@ -428,6 +429,7 @@ def test(args, attrs, nets, device, step):
         f"{tag} {'Grad-CAM' if kind else 'output'}" for tag in tags for kind in kinds], rows)
     maps = " and Grad-CAM maps" if count and "disc" in nets else ""
     print(f"{count} manipulated images{maps} in {folder}")
+    print(f"open {os.path.join(folder, 'index.html')} to see them side by side")
 
 
 def evaluate(args, attrs, nets, device):

@@ -112,10 +112,14 @@ def test_batched_forward_equals_separate_forwards():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_train_test_eval_on_toy(tmp_path, data_root):
-    """Also: the learning rate decays to 0, and flags on the command line beat the toy preset."""
+def test_train_test_eval_on_toy(tmp_path, data_root, capsys):
+    """Also: the learning rate decays to 0, flags on the command line beat the toy preset, and each phase says
+    what to do next and where to look."""
     out = str(tmp_path / "run")
     ugatit.main(["--iters", "4", "--out", out, "--data_root", data_root, "--lr", "1e-4", *TINY])
+    printed = capsys.readouterr().out
+    assert f"sample grids in {out}/samples" in printed and f"Next: python ugatit.py --out {out} --phase test" in printed
+    assert f"{out}/test/index.html" in printed and "then --phase eval" in printed
     for f in ("ckpt.pt", "args.json", "log.csv", "samples/step_0000002.png", "samples/step_0000004.png"):
         assert os.path.exists(os.path.join(out, f)), f
     rows = open(os.path.join(out, "log.csv")).read().splitlines()
@@ -128,6 +132,7 @@ def test_train_test_eval_on_toy(tmp_path, data_root):
     assert grid.size[0] > 7 * 32 and grid.size[1] > 8 * 32  # 7 columns, 4 + 4 rows
     # test and eval take the architecture from the checkpoint: no network flags needed
     ugatit.main(["--phase", "test", "--out", out, "--data_root", data_root, "--workers", "0"])
+    assert f"open {out}/test/index.html" in capsys.readouterr().out
     files = os.listdir(os.path.join(out, "test", "a2b"))
     assert len(files) == 2 * common.TOY_SPLIT_SIZES["test"] and "00000_attention.png" in files
     assert len(os.listdir(os.path.join(out, "test", "b2a"))) == len(files)
