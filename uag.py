@@ -32,6 +32,10 @@ Deviations from the official code:
     --epochs, so a short run keeps the schedule's shape; the decay is per step instead of per epoch.
  5. Sampling and testing run under torch.no_grad() in eval mode; the frozen attention nets run
     under no_grad after the switch; D weights need no gradient in the G update.
+ 6. The stride-2 layers pad as PyTorch's CycleGAN does: one zero on each side of a stride-2 conv,
+    and a transposed conv that drops its first output row and column. TF's 'SAME' padding puts the
+    zero after the image and drops the last row and column, so every window sits one pixel off;
+    --tf_release pads the TF way, for the authors' released models (tools/official.py).
 """
 import argparse
 import contextlib
@@ -47,7 +51,7 @@ import torch.nn.functional as F
 import common
 
 SCRIPT = "uag"
-ARCH_FLAGS = ("img_size", "ngf", "ndf", "n_res", "no_attention", "att_kernels")
+ARCH_FLAGS = ("img_size", "ngf", "ndf", "n_res", "no_attention", "att_kernels", "tf_release")
 TOY_PRESET = dict(img_size=64, ngf=16, ndf=32, n_res=6, lambda_cycle=1.0, iters=2500, sample_every=250,
                   save_every=500, log_every=50, workers=1)
 
@@ -69,8 +73,10 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.block(x))
 
 
-def conv_in_relu(c_in, c_out, kernel, stride=1, pad=0, pad_mode="zeros"):
-    return [nn.Conv2d(c_in, c_out, kernel, stride, pad, padding_mode=pad_mode),
+def conv_in_relu(c_in, c_out, kernel, stride=1, pad=0, pad_mode="zeros", tf_same=False):
+    """conv, affine IN, ReLU; `tf_same`: TF's 'SAME' zeros of a stride-2 conv, all after the image (deviation 6)."""
+    before = [nn.ZeroPad2d((0, 1, 0, 1))] if tf_same else []
+    return [*before, nn.Conv2d(c_in, c_out, kernel, stride, 0 if tf_same else pad, padding_mode=pad_mode),
             nn.InstanceNorm2d(c_out, affine=True), nn.ReLU(True)]
 
 
@@ -79,12 +85,12 @@ class AttentionNet(nn.Module):
     sigmoid: one channel in [0, 1] at the input size. kernels='official' makes the last three convs
     1x1, as the official code runs them (deviation 1)."""
 
-    def __init__(self, ngf=32, kernels="intended"):
+    def __init__(self, ngf=32, kernels="intended", tf=False):
         super().__init__()
         k3, k7 = (3, 7) if kernels == "intended" else (1, 1)
         self.model = nn.Sequential(
             nn.ReflectionPad2d(3), *conv_in_relu(3, ngf, 7, 2),
-            *conv_in_relu(ngf, ngf * 2, 3, 2, 1),
+            *conv_in_relu(ngf, ngf * 2, 3, 2, 1, tf_same=tf),
             ResidualBlock(ngf * 2, "reflect"),
             nn.Upsample(scale_factor=2, mode="nearest"), *conv_in_relu(ngf * 2, ngf * 2, k3, 1, k3 // 2, "reflect"),
             nn.Upsample(scale_factor=2, mode="nearest"), *conv_in_relu(ngf * 2, ngf, k3, 1, k3 // 2, "reflect"),
@@ -98,14 +104,17 @@ class Generator(nn.Module):
     """F_{S->T}: the TF CycleGAN ResNet-9 (zero padding, affine IN): c7s1-ngf, d2ngf, d4ngf, n_res
     residual blocks, u2ngf, ungf, c7s1-3, tanh."""
 
-    def __init__(self, ngf=32, n_res=9):
+    def __init__(self, ngf=32, n_res=9, tf=False):
         super().__init__()
-        layers = [*conv_in_relu(3, ngf, 7, 1, 3), *conv_in_relu(ngf, ngf * 2, 3, 2, 1),
-                  *conv_in_relu(ngf * 2, ngf * 4, 3, 2, 1)]
+        layers = [*conv_in_relu(3, ngf, 7, 1, 3), *conv_in_relu(ngf, ngf * 2, 3, 2, 1, tf_same=tf),
+                  *conv_in_relu(ngf * 2, ngf * 4, 3, 2, 1, tf_same=tf)]
         layers += [ResidualBlock(ngf * 4, "zeros") for _ in range(n_res)]
         for mult in (4, 2):
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1),
-                       nn.InstanceNorm2d(ngf * mult // 2, affine=True), nn.ReLU(True)]
+            if tf:  # TF's 'SAME' transposed conv: the full output without its last row and column (deviation 6)
+                layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2), nn.ZeroPad2d((0, -1, 0, -1))]
+            else:
+                layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1)]
+            layers += [nn.InstanceNorm2d(ngf * mult // 2, affine=True), nn.ReLU(True)]
         layers += [nn.Conv2d(ngf, 3, 7, 1, 3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -161,11 +170,12 @@ def check_args(args):
 
 def build_networks(args):
     """Generators F, PatchGAN discriminators and (unless --no_attention) attention nets A per domain."""
-    nets = {"gen_a2b": Generator(args.ngf, args.n_res), "gen_b2a": Generator(args.ngf, args.n_res),
+    nets = {"gen_a2b": Generator(args.ngf, args.n_res, args.tf_release),
+            "gen_b2a": Generator(args.ngf, args.n_res, args.tf_release),
             "disc_a": PatchGAN(3, args.ndf), "disc_b": PatchGAN(3, args.ndf)}
     if not args.no_attention:
-        nets["att_a"] = AttentionNet(args.ngf, args.att_kernels)
-        nets["att_b"] = AttentionNet(args.ngf, args.att_kernels)
+        nets["att_a"] = AttentionNet(args.ngf, args.att_kernels, args.tf_release)
+        nets["att_b"] = AttentionNet(args.ngf, args.att_kernels, args.tf_release)
     for net in nets.values():
         common.init_normal(net)
     return nets
@@ -451,6 +461,8 @@ def parse_flags(argv=None):
         help="baseline: no attention nets (A = 1), i.e. CycleGAN without identity loss")
     add("--att_kernels", default="intended", choices=["intended", "official"],
         help="attention net's last three convs: 3x3, 3x3, 7x7 as written, or 1x1 as the official code runs them")
+    add("--tf_release", action="store_true",
+        help="TF's 'SAME' padding in the stride-2 layers, for the authors' released models (tools/official.py)")
     add_phase("--direction", default="both", choices=["both", "a2b", "b2a"],
               help="test phase: which translations to write")
     parser.set_defaults(lr=1e-4)

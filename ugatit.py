@@ -36,6 +36,12 @@ Deviations from the official PyTorch code (each keeps the paper's math unless it
     removes G's CAM (no re-weighting, no CAM loss); --no_dcam removes D's CAM (no re-weighting, no
     CAM logit); --norm replaces the decoder's AdaLIN/ILN by AdaIN/IN (adain), IN, LN or GN with
     learned affine parameters (in, ln, gn; those variants have no gamma/beta MLP).
+ 9. --tf_release builds the generator of the authors' TensorFlow code (taki0112/UGATIT), whose
+    selfie2anime weights are the only trained U-GAT-IT released (tools/official.py converts them):
+    convolutions with biases, affine instance norms in the encoder, one CAM weight and bias shared by
+    the GAP and GMP logits (the maps re-weighted by weight + bias), an MLP with biases, and biased
+    variances in AdaLIN and ILN. Its AdaLIN rho smoothing (rho - 0.1, clipped) and the NHWC order of
+    the full MLP's input are exact re-parametrisations, done by the converter.
 """
 import argparse
 import os
@@ -48,7 +54,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 import common
 
 SCRIPT = "ugatit"
-ARCH_FLAGS = ("img_size", "light", "ch", "n_res", "n_dis", "no_cam", "no_gcam", "no_dcam", "norm")
+ARCH_FLAGS = ("img_size", "light", "ch", "n_res", "n_dis", "no_cam", "no_gcam", "no_dcam", "norm", "tf_release")
 TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2500, lr=2e-4, sample_every=250,
                   save_every=500, log_every=50, workers=1)
 
@@ -57,18 +63,19 @@ TOY_PRESET = dict(img_size=64, light=True, ch=16, n_res=4, n_dis=4, iters=2500, 
 # =============================================================================================
 
 
-def layer_instance_norm(x, rho, gamma, beta, eps):
+def layer_instance_norm(x, rho, gamma, beta, eps, unbiased=True):
     """gamma * (rho * a_I + (1 - rho) * a_L) + beta (paper Sec. 2.1.1) with the official code's
-    unbiased variances and eps inside the square root. a_I = (x - mu_I) / sqrt(var_I + eps) per
-    channel, a_L = (x - mu_L) / sqrt(var_L + eps) per image. The layer statistics follow from the
-    per-channel ones, so one reduction and one multiply-add pass over x suffice."""
+    unbiased variances (the TF release's biased ones: unbiased=False) and eps inside the square root.
+    a_I = (x - mu_I) / sqrt(var_I + eps) per channel, a_L = (x - mu_L) / sqrt(var_L + eps) per image.
+    The layer statistics follow from the per-channel ones, so one reduction and one multiply-add pass
+    over x suffice."""
     n_in = x.shape[2] * x.shape[3]
     var_in, mu_in = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
     mu_ln = mu_in.mean(dim=1, keepdim=True)
     var_ln = (var_in + mu_in ** 2).mean(dim=1, keepdim=True) - mu_ln ** 2
     n_ln = n_in * x.shape[1]
-    inv_in = torch.rsqrt(var_in * (n_in / (n_in - 1)) + eps)
-    inv_ln = torch.rsqrt(var_ln * (n_ln / (n_ln - 1)) + eps)
+    inv_in = torch.rsqrt(var_in * (n_in / (n_in - 1) if unbiased else 1.0) + eps)
+    inv_ln = torch.rsqrt(var_ln * (n_ln / (n_ln - 1) if unbiased else 1.0) + eps)
     scale = gamma * (rho * inv_in + (1 - rho) * inv_ln)
     shift = beta - gamma * (rho * inv_in * mu_in + (1 - rho) * inv_ln * mu_ln)
     return x * scale + shift
@@ -78,35 +85,38 @@ class AdaILN(nn.Module):
     """AdaLIN (paper Sec. 2.1.1): gamma * (rho * a_I + (1 - rho) * a_L) + beta, gamma and beta from the
     MLP, rho learned (init 0.9, clipped to [0, 1] after each update). `mix=False` is AdaIN (rho = 1)."""
 
-    def __init__(self, ch, mix=True, eps=1e-5):
+    def __init__(self, ch, mix=True, eps=1e-5, unbiased=True):
         super().__init__()
         self.mix, self.eps = mix, eps
+        self.unbiased = unbiased
         if mix:
             self.rho = nn.Parameter(torch.full((1, ch, 1, 1), 0.9))
 
     def forward(self, x, gamma, beta):
         rho = self.rho if self.mix else 1.0
-        return layer_instance_norm(x, rho, gamma[:, :, None, None], beta[:, :, None, None], self.eps)
+        gamma, beta = gamma[:, :, None, None], beta[:, :, None, None]
+        return layer_instance_norm(x, rho, gamma, beta, self.eps, self.unbiased)
 
 
 class ILN(nn.Module):
     """Layer-Instance Norm of the up-sampling blocks: learned rho (init 0), gamma (1), beta (0)."""
 
-    def __init__(self, ch, eps=1e-5):
+    def __init__(self, ch, eps=1e-5, unbiased=True):
         super().__init__()
         self.eps = eps
+        self.unbiased = unbiased
         self.rho = nn.Parameter(torch.zeros(1, ch, 1, 1))
         self.gamma = nn.Parameter(torch.ones(1, ch, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, ch, 1, 1))
 
     def forward(self, x):
-        return layer_instance_norm(x, self.rho, self.gamma, self.beta, self.eps)
+        return layer_instance_norm(x, self.rho, self.gamma, self.beta, self.eps, self.unbiased)
 
 
-def decoder_norms(kind, ch):
+def decoder_norms(kind, ch, unbiased=True):
     """(residual-block norm, up-sampling norm) for --norm."""
     if kind == "adalin":
-        return AdaILN(ch), ILN(ch)
+        return AdaILN(ch, unbiased=unbiased), ILN(ch, unbiased=unbiased)
     if kind == "adain":
         return AdaILN(ch, mix=False), nn.InstanceNorm2d(ch, affine=True)
     groups = {"in": None, "ln": 1, "gn": min(32, ch)}[kind]
@@ -115,13 +125,14 @@ def decoder_norms(kind, ch):
 
 
 class ResidualBlock(nn.Module):
-    """The encoder's residual block: x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x), no conv bias."""
+    """The encoder's residual block: x + [reflect-pad, conv3, IN, ReLU, reflect-pad, conv3, IN](x), no conv bias
+    (the TF release: conv biases, affine IN)."""
 
-    def __init__(self, dim):
+    def __init__(self, dim, tf=False):
         super().__init__()
-        conv = lambda: nn.Conv2d(dim, dim, 3, bias=False)  # noqa: E731
-        self.block = nn.Sequential(nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim), nn.ReLU(True),
-                                   nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim))
+        conv = lambda: nn.Conv2d(dim, dim, 3, bias=tf)  # noqa: E731
+        self.block = nn.Sequential(nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim, affine=tf), nn.ReLU(True),
+                                   nn.ReflectionPad2d(1), conv(), nn.InstanceNorm2d(dim, affine=tf))
 
     def forward(self, x):
         return x + self.block(x)
@@ -130,11 +141,11 @@ class ResidualBlock(nn.Module):
 class AdaptiveResidualBlock(nn.Module):
     """Decoder residual block: x + norm(conv3(ReLU(norm(conv3(x))))), norms fed by the MLP's gamma, beta."""
 
-    def __init__(self, dim, norm):
+    def __init__(self, dim, norm, tf=False):
         super().__init__()
         self.pad = nn.ReflectionPad2d(1)
-        self.conv1, self.conv2 = nn.Conv2d(dim, dim, 3, bias=False), nn.Conv2d(dim, dim, 3, bias=False)
-        self.norm1, self.norm2 = decoder_norms(norm, dim)[0], decoder_norms(norm, dim)[0]
+        self.conv1, self.conv2 = nn.Conv2d(dim, dim, 3, bias=tf), nn.Conv2d(dim, dim, 3, bias=tf)
+        self.norm1, self.norm2 = decoder_norms(norm, dim, not tf)[0], decoder_norms(norm, dim, not tf)[0]
 
     @staticmethod
     def _norm(layer, x, gamma, beta):
@@ -146,48 +157,57 @@ class AdaptiveResidualBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """Encoder -> CAM attention -> AdaLIN decoder. Returns (image, cam_logit, heatmap)."""
+    """Encoder -> CAM attention -> AdaLIN decoder. Returns (image, cam_logit, heatmap). `tf`: the variant of the
+    authors' TensorFlow release (deviation 9)."""
 
-    def __init__(self, ch=64, n_res=4, img_size=256, light=False, cam=True, norm="adalin"):
+    def __init__(self, ch=64, n_res=4, img_size=256, light=False, cam=True, norm="adalin", tf=False):
         super().__init__()
         self.light = light
         self.cam = cam
         self.adaptive = norm in ("adalin", "adain")
-        enc = [nn.ReflectionPad2d(3), nn.Conv2d(3, ch, 7, bias=False), nn.InstanceNorm2d(ch), nn.ReLU(True)]
+        self.tf = tf
+        enc = [nn.ReflectionPad2d(3), nn.Conv2d(3, ch, 7, bias=tf), nn.InstanceNorm2d(ch, affine=tf), nn.ReLU(True)]
         for mult in (1, 2):  # two stride-2 convs: ch -> 2ch -> 4ch
-            enc += [nn.ReflectionPad2d(1), nn.Conv2d(ch * mult, ch * mult * 2, 3, 2, bias=False),
-                    nn.InstanceNorm2d(ch * mult * 2), nn.ReLU(True)]
+            enc += [nn.ReflectionPad2d(1), nn.Conv2d(ch * mult, ch * mult * 2, 3, 2, bias=tf),
+                    nn.InstanceNorm2d(ch * mult * 2, affine=tf), nn.ReLU(True)]
         dim = ch * 4
-        enc += [ResidualBlock(dim) for _ in range(n_res)]
+        enc += [ResidualBlock(dim, tf) for _ in range(n_res)]
         self.encoder = nn.Sequential(*enc)
         if cam:
-            # auxiliary classifier eta_s: bias-free logits on the global average and max pooled features
-            self.gap_fc, self.gmp_fc = nn.Linear(dim, 1, bias=False), nn.Linear(dim, 1, bias=False)
+            # auxiliary classifier eta_s: bias-free logits on the global average and max pooled features (the TF
+            # release: one weight and one bias for both)
+            self.gap_fc = nn.Linear(dim, 1, bias=tf)
+            if not tf:
+                self.gmp_fc = nn.Linear(dim, 1, bias=False)
             self.conv1x1 = nn.Conv2d(dim * 2, dim, 1)
         if self.adaptive:
             mlp_in = dim if light else (img_size // 4) ** 2 * dim
-            self.mlp = nn.Sequential(nn.Linear(mlp_in, dim, bias=False), nn.ReLU(True),
-                                     nn.Linear(dim, dim, bias=False), nn.ReLU(True))
-            self.gamma, self.beta = nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
-        self.res_blocks = nn.ModuleList([AdaptiveResidualBlock(dim, norm) for _ in range(n_res)])
+            self.mlp = nn.Sequential(nn.Linear(mlp_in, dim, bias=tf), nn.ReLU(True),
+                                     nn.Linear(dim, dim, bias=tf), nn.ReLU(True))
+            self.gamma, self.beta = nn.Linear(dim, dim, bias=tf), nn.Linear(dim, dim, bias=tf)
+        self.res_blocks = nn.ModuleList([AdaptiveResidualBlock(dim, norm, tf) for _ in range(n_res)])
         up = []
         for mult in (4, 2):
             up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
-                   nn.Conv2d(ch * mult, ch * mult // 2, 3, bias=False), decoder_norms(norm, ch * mult // 2)[1],
+                   nn.Conv2d(ch * mult, ch * mult // 2, 3, bias=tf), decoder_norms(norm, ch * mult // 2, not tf)[1],
                    nn.ReLU(True)]
-        up += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 3, 7, bias=False), nn.Tanh()]
+        up += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 3, 7, bias=tf), nn.Tanh()]
         self.upsample = nn.Sequential(*up)
 
     def forward(self, x):
         x = self.encoder(x)
         cam_logit = None
         if self.cam:
+            gmp_fc = self.gap_fc if self.tf else self.gmp_fc
             gap_logit = self.gap_fc(x.mean(dim=(2, 3)))
-            gmp_logit = self.gmp_fc(x.amax(dim=(2, 3)))
+            gmp_logit = gmp_fc(x.amax(dim=(2, 3)))
             cam_logit = torch.cat([gap_logit, gmp_logit], dim=1)
             # attention feature maps a_s(x) = w_s * E_s(x): channels re-weighted by the classifier's weights
-            gap = x * self.gap_fc.weight[:, :, None, None]
-            gmp = x * self.gmp_fc.weight[:, :, None, None]
+            # (the TF release re-weights by weight + bias)
+            w_gap = self.gap_fc.weight + self.gap_fc.bias if self.tf else self.gap_fc.weight
+            w_gmp = w_gap if self.tf else gmp_fc.weight
+            gap = x * w_gap[:, :, None, None]
+            gmp = x * w_gmp[:, :, None, None]
             x = F.relu(self.conv1x1(torch.cat([gap, gmp], dim=1)))
         heatmap = x.sum(dim=1, keepdim=True)
         gamma = beta = None
@@ -262,7 +282,7 @@ def check_args(args):
 def build_networks(args):
     """The two generators and the four discriminators (global and local per domain)."""
     g_cam = not (args.no_cam or args.no_gcam)
-    nets = {name: Generator(args.ch, args.n_res, args.img_size, args.light, g_cam, args.norm)
+    nets = {name: Generator(args.ch, args.n_res, args.img_size, args.light, g_cam, args.norm, args.tf_release)
             for name in ("gen_a2b", "gen_b2a")}
     d_cam = not (args.no_cam or args.no_dcam)
     for domain in "ab":
@@ -530,6 +550,8 @@ def parse_flags(argv=None):
     add("--no_dcam", action="store_true", help="ablation: no CAM in the discriminators")
     add("--init", default="normal", choices=["normal", "default"],
         help="N(0, 0.02) init (paper) or PyTorch's default (official PyTorch code)")
+    add("--tf_release", action="store_true",
+        help="the generator of the authors' TensorFlow code, for its released weights (tools/official.py; deviation 9)")
     add_phase("--direction", default="both", choices=["both", "a2b", "b2a"],
               help="test phase: which translations to write")
     args = common.parse_args(parser, argv, SCRIPT, {"toy": TOY_PRESET, "real": {}}, ARCH_FLAGS, positive=("ch",))

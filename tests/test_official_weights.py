@@ -54,7 +54,7 @@ def image_file(tmp_path, size=32):
 
 def ugatit_args(**changes):
     return SimpleNamespace(**{**dict(ch=8, n_res=2, img_size=32, light=True, n_dis=4, no_cam=False, no_gcam=False,
-                                     no_dcam=False, norm="adalin", init="normal"), **changes})
+                                     no_dcam=False, norm="adalin", init="normal", tf_release=False), **changes})
 
 
 def ugatit_official_generator(layouts, ch, n_res, img_size, light):
@@ -456,6 +456,6 @@ def test_garbage_files_exit_2_without_a_traceback(tmp_path):
     with pytest.raises(common.UserError, match="lacks the state dicts genB2A"):
         official.ugatit_release(str(garbage))
     with pytest.raises(common.UserError, match="has none"):
-        official.main(["uag.py", str(garbage), "--out", str(tmp_path / "r")])
+        official.main(["amgan.py", str(garbage), "--out", str(tmp_path / "r")])
     with pytest.raises(common.UserError, match="no such file"):
         official.main(["ugatit.py", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r")])

@@ -60,7 +60,7 @@ def test_foreground_is_the_image_times_the_binary_mask():
 def make_step(tmp_path, data_root, no_attention=False):
     """uag.train_step on fixed toy batches: step(switched) runs the next one."""
     args = argparse.Namespace(img_size=32, ngf=4, ndf=4, n_res=1, no_attention=no_attention, att_kernels="intended",
-                              tau=0.1, lr=1e-3, lambda_cycle=10.0, amp=False)
+                              tf_release=False, tau=0.1, lr=1e-3, lambda_cycle=10.0, amp=False)
     torch.manual_seed(0)
     nets = uag.build_networks(args)
     gens = [nets[k] for k in nets if k.startswith(("gen", "att"))]
