@@ -97,7 +97,8 @@ def test_uag_tf_release_computes_the_official_generators_and_attention():
         assert (pytorch_padding(nchw(tf["x"])) - nchw(tf["g_A_out"])).abs().max() > 0.05
 
 
-def test_a_converted_tf_release_tests_your_images_with_no_dataset_and_exports(tmp_path, monkeypatch):
+def test_a_converted_tf_release_tests_your_images_with_no_dataset_evaluates_and_exports(tmp_path, monkeypatch,
+                                                                                        data_root):
     photo = tmp_path / "me.png"
     Image.new("RGB", (50, 40), (200, 120, 90)).save(photo)
     elsewhere = tmp_path / "elsewhere"
@@ -115,6 +116,8 @@ def test_a_converted_tf_release_tests_your_images_with_no_dataset_and_exports(tm
         module.main(["--phase", "test", "--out", out, "--input", str(photo), "--workers", "0"])
         assert sorted(os.listdir(os.path.join(out, "test", "a2b"))) == ["me.png", "me_attention.png"]
         assert Image.open(os.path.join(out, "test", "a2b", "me.png")).size == (32, 32)
+        module.main(["--phase", "eval", "--out", out, "--data", "toy", "--data_root", data_root, "--workers", "0"])
+        assert json.load(open(os.path.join(out, "metrics.json")))["a2b"]["images"] == 200  # the toy test split
         export = export_tool.export(script[:-3], out)
         assert os.path.isfile(os.path.join(export, "gen_a2b.pt2"))
         result = run_main(script, "--resume", "--out", out, "--iters", "5", "--data", "toy")  # toy: data at hand
