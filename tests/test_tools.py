@@ -86,3 +86,14 @@ def test_profile_step_counts_the_operators_of_a_step_and_times_the_loader(tmp_pa
     assert result["loader_img_s"] > 0 and result["step_img_s"] == pytest.approx(2 * result["img_s"], rel=0.05)
     assert "convolution" in r.stderr  # the profiler's operator table
     assert not os.path.exists(tmp_path / "b" / "ckpt.pt")
+
+
+def test_check_tf_release_compares_a_converted_release_with_the_official_outputs(capsys):
+    import check_tf_release  # docs/tools
+    for kind, name in (("ugatit", "ugatit_light"), ("uag", "uag")):
+        check_tf_release.main(kind, os.path.join(ROOT, "tests", "fixtures", "tf_releases", name))
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("gen_", "att_"))]
+        assert len(lines) == (2 if kind == "ugatit" else 4)
+        differences = [float(word.rstrip(",")) for line in lines for word in line.split()
+                       if word.rstrip(",").replace(".", "").replace("e-", "").isdigit()]
+        assert differences and max(differences) < 1e-4, lines
