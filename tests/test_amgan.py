@@ -1,6 +1,5 @@
 """amgan.py: Eq. 1, the manipulation code, the crop box, the CAM, the reference bank, region-specific
 manipulation, end to end on toy-attr, resume, the ablation flags, bad input."""
-import argparse
 import csv
 import json
 import os

@@ -1,6 +1,5 @@
 """common.py's attribute data (CelebA and labels.csv readers, toy-attr, AttributeSet), and the StarGAN
 networks and losses that amgan.py and camconsistency.py each hold."""
-import argparse
 import random
 
 import pytest

@@ -5,7 +5,6 @@ import copy
 import functools
 import hashlib
 import http.server
-import json
 import math
 import os
 import socket
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-import common
 from common import (UserError, _block_sizes, _build_fid_inception, attention_iou_pointing, extract_features,
                     fid_from_features, fid_inception, fid_weights_file, kid_blocks, kid_subsets, masked_psnr_l1,
                     mmd2_unbiased, polynomial_kernel)

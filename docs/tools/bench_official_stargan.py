@@ -4,7 +4,6 @@ tensors, the way `--phase bench` times ours: 3 warm-up iterations, then 10 timed
 Usage: python bench_official_stargan.py PATH_TO_STARGAN_CHECKOUT [img_size] [batch]"""
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile

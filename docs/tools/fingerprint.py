@@ -13,7 +13,6 @@ import argparse
 import csv
 import glob
 import hashlib
-import io
 import json
 import os
 import subprocess
