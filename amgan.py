@@ -52,7 +52,6 @@ import argparse
 import glob
 import math
 import os
-import signal
 import warnings
 from typing import NamedTuple
 
@@ -309,7 +308,7 @@ def train_classifier(args, attrs, train_set, device):
     """Train the attribute CNN on the training split (cross-entropy per group, Adam), report its
     test accuracy per group and save it atomically to --classifier. Uses its own RNG streams, so
     the GAN that follows sees the same randomness whether or not the CNN was trained first. Ctrl-C
-    saves the unfinished CNN to <classifier>.partial, from which the next run continues."""
+    or SIGTERM saves the unfinished CNN to <classifier>.partial, from which the next run continues."""
     arch = "toy" if args.data in common.TOY_NAMES else "resnet50"
     head_sizes = [len(v) for v in attrs.values]
     weights = imagenet_resnet50_weights() if arch == "resnet50" else None
@@ -326,15 +325,18 @@ def train_classifier(args, attrs, train_set, device):
     opt = torch.optim.Adam(cnn.parameters(), lr=args.cls_lr, betas=(0.9, 0.999))
     partial, start = f"{args.classifier}.partial", 0
     if os.path.isfile(partial):  # an interrupted run: continue where it stopped
-        state = torch.load(partial, map_location=device, weights_only=True)
+        state = common.load_tensors(partial, f"{partial}, the unfinished attribute CNN of an interrupted run, is "
+                                             f"damaged; delete it to train the CNN from the start")
         cnn.load_state_dict(state["cnn"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
         print(f"attribute CNN: continuing {partial} from step {start}")
     sampler = common.shuffled_positions(len(train_set), args.seed + 101, start * args.cls_batch_size)
     loader = iter(torch.utils.data.DataLoader(train_set, batch_size=args.cls_batch_size, sampler=sampler,
-                                              num_workers=args.workers, generator=torch.Generator()))
-    ctrl_c, old_handler = [], signal.signal(signal.SIGINT, lambda *_: ctrl_c.append(1))
+                                              num_workers=args.workers, generator=torch.Generator(),
+                                              worker_init_fn=common.ignore_stop_signals))
+    stop = []
+    old_handlers = common.catch_stop_signals(stop)  # Ctrl-C or SIGTERM: finish the step, save, stop
     try:
         for step in tqdm(range(start + 1, args.cls_iters + 1), desc="attribute CNN", mininterval=2):
             batch = next(loader)
@@ -343,14 +345,14 @@ def train_classifier(args, attrs, train_set, device):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if ctrl_c:  # after the step: save it, then stop
+            if stop:  # after the step: save it, then stop
                 os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
                 torch.save({"step": step, "cnn": cnn.state_dict(), "opt": opt.state_dict()}, partial + ".tmp")
                 os.replace(partial + ".tmp", partial)
                 raise common.Interrupted(f"the attribute CNN at step {step} is saved to {partial}; the same command "
-                                         f"continues it")
+                                         f"continues it", stop[0])
     finally:
-        signal.signal(signal.SIGINT, old_handler)
+        common.restore_signals(old_handlers)
     cnn.eval()
     accuracy = classifier_accuracy(cnn, attrs, args, device)
     print("attribute CNN test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
@@ -383,11 +385,7 @@ def classifier_accuracy(cnn, attrs, args, device):
 
 def load_classifier(args, attrs, device):
     """The frozen attribute CNN from --classifier (eval mode, no gradients for its weights)."""
-    try:
-        state = torch.load(args.classifier, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise common.UserError(f"{args.classifier} is not a readable attribute CNN ({type(e).__name__}: {e}).") \
-            from None
+    state = common.load_tensors(args.classifier, f"{args.classifier} is not a readable attribute CNN")
     if not isinstance(state, dict) or state.get("script") != f"{SCRIPT}-classifier":
         raise common.UserError(f"{args.classifier} is not an attribute CNN of amgan.py; run --phase classifier.")
     if state["names"] != attrs.names or state["values"] != attrs.values or state["img_size"] != args.img_size:
@@ -622,7 +620,7 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
     sample_labels = torch.stack([s["labels"] for s in samples]).to(device)
     last_step = min(args.iters, args.stop_at or args.iters)
     with common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
-                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C
+                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C and SIGTERM
         for step in range(start_step + 1, last_step + 1):
             lr = common.linear_decay(step, args.lr, args.iters, args.iters / 2)
             common.set_lr([opt_g, opt_d], lr)
@@ -634,7 +632,7 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
             if dist_.main and args.sample_every and step % args.sample_every == 0:
                 path = os.path.join(args.out, "samples", f"step_{step:07d}.png")
                 sample_grid(nets, attrs, manipulator, path, sample_x, sample_labels)
-            interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
+            interrupted = log.interrupted(step)  # Ctrl-C or SIGTERM: save, then stop
             if save or interrupted:
                 log.write(step, lr)
                 if dist_.main:
@@ -642,7 +640,8 @@ def train(args, attrs, train_set, dist_, device, nets, cnn):
                     common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
                 log.last_saved = step
             if interrupted:
-                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume",
+                                         interrupted)
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}; sample grids in "
               f"{os.path.join(args.out, 'samples')}. Next: python {SCRIPT}.py --out {args.out} --phase test "

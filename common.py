@@ -12,6 +12,7 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
 import argparse
 import colorsys
 import csv
+import errno
 import functools
 import glob
 import hashlib
@@ -22,6 +23,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import time
 import urllib.request  # and urllib.error
@@ -50,17 +52,32 @@ class Diverged(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training, after the checkpoint was saved: exit code 130."""
+    """Ctrl-C or SIGTERM (`signum`) during training, after the checkpoint was saved: exit code 128 + signum."""
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.code = 128 + int(signum)  # 130 for Ctrl-C, 143 for SIGTERM, as if the signal had ended the process
+
+
+# Errors of the disk, not of the code: a full disk, a quota, a read-only folder, no permission.
+DISK_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES, errno.EPERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what SLURM and Kubernetes send before a kill
 
 
 def cli(main):
-    """Run `main()`; the three exceptions above become their message on stderr and their exit code."""
+    """Run `main()`; the three exceptions above and the disk's errors become a message on stderr and an exit code."""
     try:
         main()
     except (UserError, Diverged, Interrupted) as e:
         prefix = "\ninterrupted" if isinstance(e, Interrupted) else "error"
         print(f"{prefix}: {e}", file=sys.stderr)
-        sys.exit({UserError: 2, Diverged: 1, Interrupted: 130}[type(e)])
+        sys.exit(e.code if isinstance(e, Interrupted) else {UserError: 2, Diverged: 1}[type(e)])
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        print(f"error: cannot write {e.filename or 'a file'} ({e.strerror}). Free space on that disk, or choose a "
+              f"writable --out, and run the same command again: what was written before is kept.", file=sys.stderr)
+        sys.exit(2)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -134,6 +151,10 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
     data_name = args.data if args.data in TOY_NAMES else os.path.basename(os.path.normpath(args.data))
     args.out = args.out or os.path.join("results", f"{script}_{data_name}")
     args.ckpt = args.ckpt or os.path.join(args.out, "ckpt.pt")
+    data_folder = os.path.realpath(args.data if os.path.exists(args.data) else os.path.join(args.data_root, args.data))
+    if args.data not in TOY_NAMES and (os.path.realpath(args.out) + os.sep).startswith(data_folder + os.sep):
+        raise UserError(f"--out {args.out} is inside the dataset {data_folder}: its sample grids and test pictures "
+                        f"would become images of the dataset. Choose an --out outside it.")
     if args.phase in ("test", "eval") or args.resume:
         if not os.path.exists(args.ckpt):
             what = "--resume" if args.resume else f"--phase {args.phase}"
@@ -292,12 +313,17 @@ def ugatit_transform(im, size, rng):
 
 
 def load_image(path):
-    """An image file as RGB: EXIF orientation applied, 16-bit grey scaled (not clipped) to 8 bits."""
+    """An image file as RGB: EXIF orientation applied, 16-bit grey scaled (not clipped) to 8 bits, float grey in
+    [0, 1] (a float TIFF) to [0, 255]."""
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I"):
+        if im.mode.startswith("I") or im.mode == "F":
             grey = np.asarray(im, dtype=np.float64)
-            im = Image.fromarray((grey / 257 if grey.max() > 255 else grey).round().clip(0, 255).astype(np.uint8))
+            if grey.max() > 255:
+                grey = grey / 257
+            elif im.mode == "F" and grey.max() <= 1:
+                grey = grey * 255
+            im = Image.fromarray(grey.round().clip(0, 255).astype(np.uint8))
         return im.convert("RGB")
 
 
@@ -311,6 +337,13 @@ class ImageFiles(torch.utils.data.Dataset):
         self.size = size
         self.train = train
         self.labels, self.transform = labels, transform
+        names = [os.path.relpath(f, root) if root else os.path.basename(f) for f in files]
+        stems = [os.path.splitext(name)[0] for name in names]
+        counts = {}
+        for stem in stems:
+            counts[stem] = counts.get(stem, 0) + 1
+        # an output is named after its input without the extension, unless that names two (x.jpg, x.png: x.jpg.png)
+        self.names = [stem if counts[stem] == 1 else name for stem, name in zip(stems, names)]
 
     def __len__(self):
         return len(self.files)
@@ -334,8 +367,7 @@ class ImageFiles(torch.utils.data.Dataset):
             else:
                 im = im.resize((self.size, self.size), Image.BILINEAR)
             image = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
-            name = os.path.relpath(path, self.root) if self.root else os.path.basename(path)
-            item = {"image": image, "name": os.path.splitext(name)[0], "skipped": tries}
+            item = {"image": image, "name": self.names[(index + tries) % len(self.files)], "skipped": tries}
             if self.labels is not None:
                 item["labels"] = self.labels[(index + tries) % len(self.files)]
             return item
@@ -360,7 +392,8 @@ def train_batches(dataset, batch_size, workers, seed, device, dist_, start_step,
     sampler = shuffled_positions(len(dataset), seed, start_step * batch_size, dist_.rank, dist_.world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True)
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True,
+        worker_init_fn=ignore_stop_signals)
 
     def on_device(batch):
         _stats["skipped"] += int(batch["skipped"].sum())
@@ -372,6 +405,13 @@ def train_batches(dataset, batch_size, workers, seed, device, dist_, start_step,
         return x
 
     return map(on_device, _batches(iter(loader)))  # iter() now: the base seed is drawn here
+
+
+def ignore_stop_signals(worker_id=None):
+    """A DataLoader worker's `worker_init_fn`: Ctrl-C and SIGTERM sent to every process of a run stop the main process
+    after its step, which then ends its workers; a worker that died of the signal first would break that step."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _batches(it):
@@ -567,6 +607,16 @@ def _read_lines(path):
         raise UserError(f"{path}, line {line}: byte {data[e.start]:#04x} is not UTF-8; save it as UTF-8.") from None
 
 
+def _refuse_contradicting_rows(path, files, rows, line_numbers):
+    """A file listed twice with different labels is an error naming both lines (twice the same labels is harmless)."""
+    first = {}
+    for file, row, number in zip(files, rows, line_numbers):
+        seen = first.setdefault(file, (row, number))
+        if seen[0] != row:
+            raise UserError(f"{path} lists {file} twice with different labels, on lines {seen[1]} and {number}; "
+                            f"keep the right one.")
+
+
 def read_celeba_attributes(path):
     """CelebA's list_attr_celeba.txt (the image count, the 40 names, then a file name and 40 values
     in {1, -1} per line, irregular spaces) -> (names, files, (N, 40) LongTensor of 0/1)."""
@@ -574,7 +624,7 @@ def read_celeba_attributes(path):
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
     names = lines[1].split()
-    files, rows = [], []
+    files, rows, numbers = [], [], []
     for number, line in enumerate(lines[2:], start=3):
         parts = line.split()
         if not parts:
@@ -587,8 +637,10 @@ def read_celeba_attributes(path):
                 raise UserError(f"{path}, line {number}: value {v!r} of {name} is not 1 or -1.")
         files.append(parts[0])
         rows.append([v == "1" for v in parts[1:]])
+        numbers.append(number)
     if int(lines[0]) != len(files):
         raise UserError(f"{path}, line 1: says {int(lines[0])} images, but the file lists {len(files)}.")
+    _refuse_contradicting_rows(path, files, rows, numbers)
     return names, files, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
 
 
@@ -602,7 +654,7 @@ def read_labels_csv(path):
     names = [h.strip() for h in header[1:]]
     if len(set(names)) != len(names) or not all(names):
         raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
-    files, cells = [], []
+    files, cells, numbers = [], [], []
     for row in reader:
         if not any(c.strip() for c in row):
             continue
@@ -614,8 +666,10 @@ def read_labels_csv(path):
             raise UserError(f"{path}, line {reader.line_num}: empty cell ({(['filename'] + names)[row.index('')]}).")
         files.append(row[0])
         cells.append(row[1:])
+        numbers.append(reader.line_num)
     if not files:
         raise UserError(f"{path} lists no images.")
+    _refuse_contradicting_rows(path, files, cells, numbers)
     values = [sorted({r[k] for r in cells}) for k in range(len(names))]
     labels = torch.tensor([[values[k].index(c) for k, c in enumerate(r)] for r in cells], dtype=torch.long)
     return names, values, files, labels
@@ -921,7 +975,18 @@ def save_checkpoint(path, script, flags, step, models, optimizers, extra=None):
 
 
 def load_tensors(path, not_ours):
-    """torch.load, weights_only (plain data never runs code); else UserError `not_ours`, not torch's pickle advice."""
+    """torch.load, weights_only (plain data never runs code), after checking the CRC-32 of every record of the zip
+    file torch.save writes (torch.load does not); else UserError `not_ours`, not torch's pickle advice."""
+    damaged = None
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                damaged = z.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            damaged = f"({e})"
+    if damaged:
+        raise UserError(f"{path} is damaged: its record {damaged} fails the CRC-32 check (a flipped bit, a bad disk or "
+                        f"an interrupted copy). Use a good copy of it, or another checkpoint.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -949,6 +1014,9 @@ def load_checkpoint(path, script, models, optimizers=None, state=None):
     """Load networks (and optimizers) in place -> the checkpoint dict (`state`: already read); the RNG is restored
     by the caller. A checkpoint without optimizer states (converted weights) leaves the optimizers fresh."""
     state = state or read_checkpoint(path, script)
+    if optimizers and "exported_from" in state["extra"]:
+        raise UserError(f"{path} is an export (the generators alone, for inference) of {state['extra']['exported_from']}"
+                        f"; training continues from that run's own checkpoint: give --ckpt that file.")
     absent = [k for k in models if k not in state["models"]]
     if absent:
         raise UserError(f"{path} holds {', '.join(state['models'])} and not {', '.join(absent)} (an export, or "
@@ -976,9 +1044,44 @@ def make_folder(path):
     return path
 
 
+_locks = {}  # run folder -> the lock file this process holds open (the OS lets go of it when the process ends)
+
+
+def lock_run_folder(out):
+    """Hold an OS lock on <out>/.lock for the rest of this process: one training at a time in `out`. A second one is
+    refused, naming the first's process (written in the file); the lock of a killed run went with its process, so the
+    next run takes it. fcntl on Unix, msvcrt on Windows, imported here (neither exists on the other)."""
+    if os.path.realpath(out) in _locks:
+        return
+    f = open(os.path.join(out, ".lock"), "a+")
+    try:
+        if os.name == "nt":
+            import msvcrt
+            f.seek(1 << 20)  # lock a byte far past the holder's line, which the refused run reads
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "a process that has not written its name yet"
+        f.close()
+        raise UserError(f"{out} is in use by a training that is still running: {holder}. Wait for it to end, stop it "
+                        f"(Ctrl-C or SIGTERM saves a checkpoint; then --resume), or choose another --out.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(sys.argv)}\n")
+    f.flush()
+    _locks[os.path.realpath(out)] = f
+
+
 def prepare_out(out, ckpt, flags, resume, main=True):
-    """The run folder `out` with args.json (the dict `flags`; written by the main process), refusing to overwrite an
-    earlier run's checkpoint `ckpt` or log unless `resume`; a killed save's temp files go."""
+    """The run folder `out`, locked for this training (lock_run_folder), with args.json (the dict `flags`; written by
+    the main process), refusing to overwrite an earlier run's checkpoint `ckpt` or log unless `resume`; a killed
+    save's temp files go."""
+    if main:
+        lock_run_folder(make_folder(out))
     if not resume:
         for earlier in (ckpt, os.path.join(out, "log.csv")):
             if os.path.exists(earlier):
@@ -992,10 +1095,21 @@ def prepare_out(out, ckpt, flags, resume, main=True):
             json.dump(flags, f, indent=2)
 
 
+def catch_stop_signals(received):
+    """Ctrl-C and SIGTERM append their number to the list `received` instead of ending the process, so that a loop
+    can finish its step, save and stop -> the previous handlers, for restore_signals."""
+    return {signum: signal.signal(signum, lambda number, _: received.append(number)) for signum in STOP_SIGNALS}
+
+
+def restore_signals(handlers):
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
 class RunLog:
     """`with RunLog(...) as log:` around the loop: <out>/log.csv (step, loss terms, lr, seconds, skipped images), the
     progress bar. add(losses) sums losses on the device, write() averages them (NaN/Inf: Diverged, naming what `ckpt`
-    keeps) and rewrites the file, keeping a resumed run's rows; interrupted(step): Ctrl-C pressed (after the step)."""
+    keeps) and rewrites the file, keeping a resumed run's rows; interrupted(step): Ctrl-C or SIGTERM received."""
 
     def __init__(self, out, ckpt, last_step, log_every, dist_, start_step, elapsed=0.0):
         self.path = os.path.join(out, "log.csv")
@@ -1013,8 +1127,8 @@ class RunLog:
         _stats["skipped"] = int(self.rows[-1]["skipped_images"]) if self.rows else 0  # a resumed run counts on
         self.bar = tqdm(total=last_step, initial=start_step, disable=not dist_.main, dynamic_ncols=True,
                         mininterval=2, desc=os.path.basename(out))
-        self.ctrl_c = []  # Ctrl-C finishes the step, then stops
-        self.old_handler = signal.signal(signal.SIGINT, lambda *_: self.ctrl_c.append(1))
+        self.stop = []  # Ctrl-C or SIGTERM: the step finishes, then the loop saves and stops
+        self.old_handlers = catch_stop_signals(self.stop)
 
     def _save(self):
         tail = ["lr", "seconds", "skipped_images"]
@@ -1056,20 +1170,20 @@ class RunLog:
             self._save()
 
     def interrupted(self, step):
-        """Whether Ctrl-C was pressed (on any rank under torchrun: the ranks agree every log_every steps)."""
+        """The stop signal received (0: none; on any rank under torchrun: the ranks agree every log_every steps)."""
         if self.dist.world == 1 or step % self.every:
-            return bool(self.ctrl_c) and self.dist.world == 1
-        pressed = torch.tensor([float(bool(self.ctrl_c))], device=self.dist.device)
-        dist.all_reduce(pressed, op=dist.ReduceOp.MAX)
-        return bool(pressed.item())
+            return self.stop[0] if self.stop and self.dist.world == 1 else 0
+        received = torch.tensor([float(self.stop[0] if self.stop else 0)], device=self.dist.device)
+        dist.all_reduce(received, op=dist.ReduceOp.MAX)
+        return int(received.item())
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exception):
-        """However the loop ends: the progress bar closed, Ctrl-C's handler back, the skipped images counted."""
+        """However the loop ends: the progress bar closed, the signals' handlers back, the skipped images counted."""
         self.bar.close()
-        signal.signal(signal.SIGINT, self.old_handler)
+        restore_signals(self.old_handlers)
         if _stats["skipped"]:
             print(f"warning: {_stats['skipped']} unreadable images were skipped during training", file=sys.stderr)
 

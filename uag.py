@@ -338,7 +338,7 @@ def train(args, dist_, device, nets, train_a, train_b):
     switched = False
     last_step = min(args.iters, args.stop_at or args.iters)
     with common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
-                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C
+                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C and SIGTERM
         for step in range(start_step + 1, last_step + 1):
             if step > switch_step and not switched:  # the discriminator switch (Sec. 3), also after a resume
                 switch_discriminators(nets)
@@ -352,7 +352,7 @@ def train(args, dist_, device, nets, train_a, train_b):
                 log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
             if dist_.main and args.sample_every and step % args.sample_every == 0:
                 sample_grid(args, nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
-            interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
+            interrupted = log.interrupted(step)  # Ctrl-C or SIGTERM: save, then stop
             if save or interrupted:
                 log.write(step, lr)
                 if dist_.main:
@@ -360,7 +360,8 @@ def train(args, dist_, device, nets, train_a, train_b):
                     common.save_checkpoint(args.ckpt, SCRIPT, vars(args), step, nets, optimizers, extra)
                 log.last_saved = step
             if interrupted:
-                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume",
+                                         interrupted)
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}; sample grids in "
               f"{os.path.join(args.out, 'samples')}. Next: python {SCRIPT}.py --out {args.out} --phase test "

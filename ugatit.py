@@ -425,7 +425,7 @@ def train(args, dist_, device, nets, train_a, train_b):
     decay_start = args.iters // 2 if args.decay else args.iters
     last_step = min(args.iters, args.stop_at or args.iters)
     with common.RunLog(args.out, args.ckpt, last_step, args.log_every, dist_, start_step,
-                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C
+                        extra.get("elapsed", 0.0)) as log:  # log.csv, progress bar, Ctrl-C and SIGTERM
         for step in range(start_step + 1, last_step + 1):
             lr = common.linear_decay(step, args.lr, args.iters, decay_start)
             common.set_lr([opt_g, opt_d], lr)
@@ -436,7 +436,7 @@ def train(args, dist_, device, nets, train_a, train_b):
                 log.write(step, lr)  # a NaN/Inf loss raises Diverged here, before anything is saved
             if dist_.main and args.sample_every and step % args.sample_every == 0:
                 sample_grid(nets, os.path.join(args.out, "samples", f"step_{step:07d}.png"), sample_a, sample_b)
-            interrupted = log.interrupted(step)  # Ctrl-C: save, then stop
+            interrupted = log.interrupted(step)  # Ctrl-C or SIGTERM: save, then stop
             if save or interrupted:
                 log.write(step, lr)
                 if dist_.main:
@@ -444,7 +444,8 @@ def train(args, dist_, device, nets, train_a, train_b):
                                            {"elapsed": log.seconds()})
                 log.last_saved = step
             if interrupted:
-                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume")
+                raise common.Interrupted(f"checkpoint at step {step} saved to {args.ckpt}; continue with --resume",
+                                         interrupted)
     if dist_.main:
         print(f"trained to step {max(start_step, last_step)}; checkpoint {args.ckpt}; sample grids in "
               f"{os.path.join(args.out, 'samples')}. Next: python {SCRIPT}.py --out {args.out} --phase test "

@@ -203,11 +203,11 @@ def test_attribute_tables_read_a_bom_and_name_the_line_of_a_non_utf8_byte(tmp_pa
 
 
 def test_an_attribute_with_a_single_value_stops_before_any_training(tmp_path):
-    (tmp_path / "images").mkdir()
+    (tmp_path / "data" / "images").mkdir(parents=True)
     rows = [f"{i}.png,red,{['long', 'short'][i % 2]}" for i in range(20)]
-    (tmp_path / "labels.csv").write_text("filename,color,sleeve\n" + "\n".join(rows) + "\n")
+    (tmp_path / "data" / "labels.csv").write_text("filename,color,sleeve\n" + "\n".join(rows) + "\n")
     with pytest.raises(common.UserError, match="color takes a single value"):
-        amgan.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--attrs", "color,sleeve"])
+        amgan.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--attrs", "color,sleeve"])
     assert not (tmp_path / "run").exists()
 
 

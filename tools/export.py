@@ -63,11 +63,15 @@ def export(script, out, ckpt=None, dtype="fp32"):
     batch = torch.export.Dim("batch", min=1)
     for name, net in nets.items():
         program = torch.export.export(net, examples[name], dynamic_shapes=[{0: batch}] * len(examples[name]))
-        try:
-            torch.export.save(program, os.path.join(folder, f"{name}.pt2"))
+        path = os.path.join(folder, f"{name}.pt2")
+        try:  # a whole new file, or the earlier one kept
+            torch.export.save(program, f"{path}.tmp")
+            os.replace(f"{path}.tmp", path)
         except OSError as e:
-            raise common.UserError(f"cannot write {os.path.join(folder, name + '.pt2')} ({e.strerror}); choose "
-                                   f"another --out or free the folder.") from None
+            if os.path.exists(f"{path}.tmp"):
+                os.remove(f"{path}.tmp")
+            raise common.UserError(f"cannot write {path} ({e.strerror}); choose another --out or free the "
+                                   f"folder.") from None
     path = os.path.join(folder, "generators.pt")
     extra = {**state["extra"], "exported_from": os.path.abspath(ckpt), "export_dtype": dtype}
     common.save_checkpoint(path, script, state["args"], step, {k: m.to(DTYPES[dtype]) for k, m in nets.items()},
