@@ -1,6 +1,7 @@
 """Nothing lost, no traceback: the fault and bad-input classes of every script (exit code 2 and one
 message, or exit code 1 for a diverged run; checkpoints that must survive are compared byte for byte)."""
 import csv
+import errno
 import glob
 import os
 import signal
@@ -19,7 +20,7 @@ import camconsistency
 import common
 import uag
 import ugatit
-from conftest import QUIET, ROOT, TINY, run_main
+from conftest import QUIET, ROOT, TINY, copy_run, run_main
 
 MODULES = {"ugatit": ugatit, "attentiongan": attentiongan, "uag": uag, "camconsistency": camconsistency,
            "amgan": amgan}
@@ -295,3 +296,270 @@ def test_a_new_run_removes_stale_temp_files_and_refuses_a_folder_with_a_log(tmp_
     with pytest.raises(common.UserError, match="log.csv already exists"):
         ugatit.main(["--out", str(out), "--iters", "1", "--data_root", data_root, *TINY["ugatit"], *QUIET])
     assert (out / "log.csv").read_text() == log
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Two runs, a scheduler, a flipped bit: one training per folder, SIGTERM saves, CRCs checked
+# ---------------------------------------------------------------------------------------------
+
+
+def hold_lock(out):
+    """A real process that holds <out>/.lock the way a running training does (OS lock, its line in the file)."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import common; common.lock_run_folder(sys.argv[2]); "
+            "print('locked', flush=True); time.sleep(600)")
+    os.makedirs(out, exist_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", code, ROOT, str(out)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_a_second_training_in_a_locked_folder_exits_2_naming_the_first_and_a_dead_lock_is_taken(
+        tmp_path, data_root, trained):
+    out = copy_run(trained("ugatit"), tmp_path / "run")
+    before = {name: open(os.path.join(out, name), "rb").read() for name in ("ckpt.pt", "args.json", "log.csv")}
+    holder = hold_lock(out)
+    (tmp_path / "run" / "ckpt.pt.tmp77").write_bytes(b"the running training's save in progress")
+    try:
+        for argv in (["--resume", "--iters", "4"], ["--iters", "4"]):  # the same command resumed, or a fresh run
+            r = run_main("ugatit.py", "--out", out, "--data_root", data_root, "--workers", "0", *argv)
+            assert r.returncode == 2 and f"process {holder.pid} on" in r.stderr and "still running" in r.stderr, r
+        r = run_main("ugatit.py", "--out", str(tmp_path / "other"), "--data_root", data_root, "--iters", "1",
+                     *TINY["ugatit"], *QUIET)
+        assert r.returncode == 0, r.stderr  # another folder is free
+    finally:
+        holder.kill()  # killed: its lock goes with it
+        holder.wait()
+    assert {name: open(os.path.join(out, name), "rb").read() for name in before} == before
+    assert (tmp_path / "run" / "ckpt.pt.tmp77").exists()  # the refused runs deleted nothing
+    r = run_main("ugatit.py", "--out", out, "--data_root", data_root, "--workers", "0", "--resume", "--iters", "4")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 4
+    assert f"process {os.getpid()} on" in (tmp_path / "run" / ".lock").read_text()
+
+
+@pytest.mark.slow
+def test_two_real_trainings_started_into_one_folder_only_the_first_runs(tmp_path, data_root):
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(ROOT, "ugatit.py"), "--out", str(out), "--data_root", data_root,
+            *TINY["ugatit"], "--workers", "0", "--log_every", "1", "--sample_every", "0"]
+    first = subprocess.Popen([*argv, "--iters", "100000", "--save_every", "5"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline:  # it trains and has saved once
+        time.sleep(0.2)
+    second = subprocess.run([*argv, "--iters", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*argv, "--iters", "3", "--resume"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    for r in (second, resumed):
+        assert r.returncode == 2 and f"process {first.pid} on" in r.stderr, r.stderr
+    assert first.returncode == 143 and "Traceback" not in err and "could not write" not in err, err
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] >= 5
+
+
+def test_sigterm_in_this_process_saves_a_checkpoint_and_exits_143(tmp_path, data_root, monkeypatch):
+    """SIGTERM during step 3 (what a scheduler sends before a kill): the step finishes, its checkpoint is saved, exit
+    143; --resume continues; the handlers are given back."""
+    out = str(tmp_path / "run")
+    train_step = uag.train_step
+    steps = []
+
+    def terminated_at_step_3(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(uag, "train_step", terminated_at_step_3)
+    r = run_main("uag.py", "--iters", "100", "--out", out, "--data_root", data_root, *TINY["uag"], *QUIET,
+                 "--save_every", "100")
+    assert r.returncode == 143 and "checkpoint at step 3" in r.stderr and "--resume" in r.stderr, r.stderr
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    monkeypatch.setattr(uag, "train_step", train_step)
+    r = run_main("uag.py", "--out", out, "--resume", "--iters", "5", "--data_root", data_root, "--workers", "0")
+    assert r.returncode == 0 and torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGINT, 130)])
+def test_a_signal_to_every_process_of_a_run_with_workers_saves_and_exits(tmp_path, data_root, signum, code):
+    """Ctrl-C in a terminal, or SIGTERM from SLURM, reaches the DataLoader workers too; they ignore it, the main
+    process finishes its step, saves and stops them: the exit code of the signal, a checkpoint, no traceback."""
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "attentiongan.py"), "--iters", "100000", "--out", str(out),
+                          "--data_root", data_root, *TINY["attentiongan"], "--workers", "2", "--log_every", "1",
+                          "--sample_every", "0", "--save_every", "100000"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "log.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(np.random.default_rng().uniform(0, 1))  # anywhere in a step
+    os.killpg(p.pid, signum)  # the whole process group, as a terminal or a scheduler does
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code and "Traceback" not in err and "continue with --resume" in err, err
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] >= 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_real_training_saves_a_checkpoint_that_resumes(tmp_path, data_root):
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(ROOT, "camconsistency.py"), "--out", str(out), "--data_root", data_root,
+            *TINY["camconsistency"], "--workers", "0", "--log_every", "1", "--sample_every", "0"]
+    p = subprocess.Popen([*argv, "--iters", "100000", "--save_every", "10000"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    p.terminate()  # SIGTERM
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "continue with --resume" in err and "Traceback" not in err, err
+    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    r = subprocess.run([*argv, "--resume", "--iters", str(step + 2)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and torch.load(out / "ckpt.pt", weights_only=True)["step"] == step + 2, r.stderr
+
+
+def flip_bytes_in_a_weight(path, count=64):
+    """Flip `count` bytes in the middle of the largest tensor record of a torch.save zip file."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        record = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(record.header_offset)
+        local_header = f.read(30)
+        start = record.header_offset + 30 + int.from_bytes(local_header[26:28], "little") + \
+            int.from_bytes(local_header[28:30], "little") + record.file_size // 2
+        f.seek(start)
+        data = f.read(count)
+        f.seek(start)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_and_kept(tmp_path, data_root, trained):
+    out = copy_run(trained("attentiongan"), tmp_path / "run")
+    path = os.path.join(out, "ckpt.pt")
+    torch.load(path, weights_only=True)  # torch.load itself does not notice what follows
+    flip_bytes_in_a_weight(path)
+    assert torch.load(path, weights_only=True)["step"] == 2
+    damaged = open(path, "rb").read()
+    for argv in (["--phase", "test"], ["--phase", "eval"], ["--resume", "--iters", "4"]):
+        r = run_main("attentiongan.py", "--out", out, "--data_root", data_root, "--workers", "0", *argv)
+        assert r.returncode == 2 and f"{path} is damaged" in r.stderr and "CRC-32" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert open(path, "rb").read() == damaged and not os.path.exists(os.path.join(out, "test"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Files named alike, float images, contradicting labels, --out inside the data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_out_inside_the_dataset_is_refused_before_anything_is_written(tmp_path):
+    root = tmp_path / "data"
+    write_folder_dataset(root, n=2)
+    files = sorted(glob.glob(str(root / "**" / "*"), recursive=True))
+    for out in (root / "trainA" / "run", root / "run"):
+        r = run_main("ugatit.py", "--data", str(root), "--out", str(out), "--iters", "2", *TINY["ugatit"], *QUIET)
+        assert r.returncode == 2 and "inside the dataset" in r.stderr and "--out" in r.stderr, r.stderr
+    assert sorted(glob.glob(str(root / "**" / "*"), recursive=True)) == files
+    r = run_main("ugatit.py", "--data", str(root), "--out", str(tmp_path / "data_run"), "--iters", "1",
+                 *TINY["ugatit"], *QUIET)  # a sibling whose name starts like the data folder's is outside it
+    assert r.returncode == 0, r.stderr
+
+
+def test_inputs_named_alike_get_outputs_named_apart(tmp_path, trained):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, colour in (("x.jpg", (255, 0, 0)), ("x.png", (0, 0, 255)), ("y.png", (0, 255, 0))):
+        Image.new("RGB", (32, 32), colour).save(folder / name)
+    out = tmp_path / "test_run"
+    r = run_main("ugatit.py", "--phase", "test", "--ckpt", os.path.join(trained("ugatit"), "ckpt.pt"), "--out",
+                 str(out), "--input", str(folder), "--workers", "0", "--direction", "a2b")
+    assert r.returncode == 0, r.stderr
+    written = sorted(os.listdir(out / "test" / "input" / "A"))
+    assert written == ["x.jpg.png", "x.png.png", "y.png"]  # one output per input, y keeps its plain name
+    red = np.asarray(Image.open(out / "test" / "input" / "A" / "x.jpg.png"))
+    assert red[..., 0].mean() > 200 and red[..., 2].mean() < 50
+
+
+def test_a_float_tiff_in_0_1_is_scaled_not_black(tmp_path):
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "f.tif")
+    image = np.asarray(common.load_image(tmp_path / "f.tif"))
+    assert abs(image.mean() - 127.5) < 1 and image.max() == 255
+
+
+def test_a_file_listed_twice_with_different_labels_is_refused_naming_both_lines(tmp_path):
+    (tmp_path / "labels.csv").write_text("filename,color\na.png,red\nb.png,blue\na.png,red\nb.png,red\n")
+    with pytest.raises(common.UserError, match="b.png twice with different labels, on lines 3 and 5"):
+        common.read_labels_csv(str(tmp_path / "labels.csv"))
+    (tmp_path / "list_attr_celeba.txt").write_text("3\nMale Young\n1.jpg 1 -1\n2.jpg 1 1\n1.jpg  -1 -1\n")
+    with pytest.raises(common.UserError, match="1.jpg twice with different labels, on lines 3 and 5"):
+        common.read_celeba_attributes(str(tmp_path / "list_attr_celeba.txt"))
+    (tmp_path / "list_attr_celeba.txt").write_text("2\nMale Young\n1.jpg 1 -1\n1.jpg 1 -1\n")  # the same twice
+    assert common.read_celeba_attributes(str(tmp_path / "list_attr_celeba.txt"))[1] == ["1.jpg", "1.jpg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. AMGAN's attribute CNN files, a full disk at test time, exports
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_truncated_partial_attribute_cnn_exits_2_and_is_kept(tmp_path, data_root):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"step": 3, "cnn": {"w": torch.zeros(1000)}, "opt": {}}, out / "classifier.pt.partial")
+    truncated = (out / "classifier.pt.partial").read_bytes()[:700]
+    (out / "classifier.pt.partial").write_bytes(truncated)
+    r = run_main("amgan.py", "--phase", "classifier", "--out", str(out), "--data_root", data_root, "--img_size", "32",
+                 "--cls_iters", "2", "--workers", "0")
+    assert r.returncode == 2 and "classifier.pt.partial" in r.stderr and "delete it" in r.stderr, r.stderr
+    assert (out / "classifier.pt.partial").read_bytes() == truncated
+
+
+def test_a_pickled_classifier_is_refused_in_one_line(tmp_path, trained):
+    torch.save({"script": "amgan-classifier", "cnn": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")
+    r = run_main("amgan.py", "--phase", "test", "--out", trained("amgan"), "--classifier", str(tmp_path / "pickled.pt"),
+                 "--workers", "0", "--cam_as_mask")
+    assert r.returncode == 2 and "pickled.pt is not a readable attribute CNN" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "weights_only" not in r.stderr
+
+
+def test_a_full_disk_during_the_test_phase_exits_2_naming_the_file(tmp_path, trained, monkeypatch):
+    def full_disk(tensor, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(common.torchvision.utils, "save_image", full_disk)
+    r = run_main("uag.py", "--phase", "test", "--ckpt", os.path.join(trained("uag"), "ckpt.pt"), "--out",
+                 str(tmp_path / "t"), "--workers", "0")
+    assert r.returncode == 2 and "No space left on device" in r.stderr and ".png" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_export_into_a_read_only_folder_exits_2_and_keeps_the_earlier_export(tmp_path, trained, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import export as export_tool
+    out = copy_run(trained("ugatit"), tmp_path / "run")
+    export_tool.export("ugatit", out)
+    before = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "export", "*"))}
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(out, "export", "x"))
+    for target in ((torch.export, "save"), (torch, "save")):
+        with monkeypatch.context() as m:
+            m.setattr(*target, read_only)
+            r = run_main("tools/export.py", "ugatit.py", "--out", out)
+        assert r.returncode == 2 and "Permission denied" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "export", "*"))} == before
+
+
+def test_resuming_from_an_export_says_it_is_one(tmp_path, trained):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import export as export_tool
+    out = copy_run(trained("ugatit"), tmp_path / "run")
+    export_tool.export("ugatit", out)
+    r = run_main("ugatit.py", "--out", str(tmp_path / "more"), "--resume", "--ckpt",
+                 os.path.join(out, "export", "generators.pt"), "--iters", "4", "--workers", "0")
+    assert r.returncode == 2 and "is an export" in r.stderr and os.path.join(out, "ckpt.pt") in r.stderr, r.stderr
+    assert "network flags" not in r.stderr
