@@ -10,6 +10,7 @@ losses, the training step and loop, pictures) is in its script. Nouns, never a f
  7. Evaluation ....... the toy judge, KID, FID and its Inception, TranslationMetrics, AttributeMetrics, write_metrics
 """
 import argparse
+import collections
 import colorsys
 import csv
 import errno
@@ -40,8 +41,8 @@ from PIL import Image, ImageOps
 from torchvision.models import inception as tv_inception
 from tqdm import tqdm
 
-# ==================== 1. Flags ======================================================================================
 
+# ==================== 1. Flags ======================================================================================
 
 class UserError(Exception):
     """Bad input from the user: printed as one paragraph, exit code 2, no traceback."""
@@ -64,13 +65,11 @@ DISK_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what SLURM and Kubernetes send before a kill
 
 
-def cli(main):
-    """Run `main()`; the three exceptions above and the disk's errors become a message on stderr and an exit code."""
+def cli(main):  # runs `main()`; the three exceptions above and disk errors become a message on stderr and an exit code
     try:
         main()
     except (UserError, Diverged, Interrupted) as e:
-        prefix = "\ninterrupted" if isinstance(e, Interrupted) else "error"
-        print(f"{prefix}: {e}", file=sys.stderr)
+        print("\ninterrupted:" if isinstance(e, Interrupted) else "error:", e, file=sys.stderr)
         sys.exit(e.code if isinstance(e, Interrupted) else {UserError: 2, Diverged: 1}[type(e)])
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
@@ -91,8 +90,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_common_flags(parser, script, extra_phases=(), data="toy"):
-    """The flags every script has, in groups -> the groups by name ("data", "training", "paper", "phases"), where the
-    script adds its own flags."""
+    """The flags every script has -> their groups by name ("data", "training", "paper", "phases"), for its own."""
     parser.allow_abbrev = False  # a flag is given in full, so that presets and checkpoints see which ones were
     parser.epilog = "Defaults are the paper's; on toy data (the default --data) a flag not given takes its toy value."
     titles = {"data": "data", "training": "training", "paper": "the paper's hyper-parameters and ablations",
@@ -127,9 +125,8 @@ def add_common_flags(parser, script, extra_phases=(), data="toy"):
     return groups
 
 
-# Flags that belong to one invocation and are never taken from a checkpoint's saved arguments.
 PER_INVOCATION = {"phase", "resume", "ckpt", "out", "device", "workers", "stop_at", "download", "input", "amp",
-                  "compile", "inception_weights"}
+                  "compile", "inception_weights"}  # flags never taken from a checkpoint's saved arguments
 
 
 def parse_args(parser, argv, script, presets, arch_flags, positive=()):
@@ -144,8 +141,7 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
     if args.download is not None:
         if args.download:
             if "data" in given and args.data != args.download:
-                raise UserError(f"--download {args.download} and --data {args.data} name different datasets; "
-                                f"give one.")
+                raise UserError(f"--download {args.download} and --data {args.data} name different datasets; give one.")
             args.data = args.download
         download_dataset(args.data, args.data_root)
     data_name = args.data if args.data in TOY_NAMES else os.path.basename(os.path.normpath(args.data))
@@ -183,7 +179,6 @@ def parse_args(parser, argv, script, presets, arch_flags, positive=()):
 
 # ==================== 2. Device, seed, precision, schedule, torchrun ================================================
 
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -208,8 +203,7 @@ def pick_device(name, local_rank=0, amp=False):
     return torch.device(name)
 
 
-def autocast(amp, device):
-    """bf16 autocast under --amp on CUDA, else a context that does nothing."""
+def autocast(amp, device):  # bf16 under --amp on CUDA, else a context that does nothing
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(amp) and device.type == "cuda")
 
 
@@ -235,8 +229,7 @@ def linear_decay(step, base_lr, total, decay_start):
     return base_lr * max(0.0, (total - step) / (total - decay_start))
 
 
-def peak_memory_mb(device):
-    """CUDA max allocated, or the process's peak resident memory on CPU (Unix; 0 elsewhere)."""
+def peak_memory_mb(device):  # CUDA max allocated, or the process's peak resident memory on CPU (Unix; 0 elsewhere)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
@@ -254,16 +247,14 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
-        # NCCL reduces CUDA tensors only: the small control tensors live on this rank's GPU
-        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
+        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")  # NCCL reduces CUDA tensors only
         self.main = self.rank == 0
         if self.world > 1 and not dist.is_initialized():
             if cuda:
                 torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if cuda else "gloo")
 
-    def broadcast(self, modules):
-        """Start every replica from rank 0's weights and buffers."""
+    def broadcast(self, modules):  # every replica starts from rank 0's weights and buffers
         if self.world > 1:
             for t in [t for m in modules for t in (*m.parameters(), *m.buffers())]:
                 dist.broadcast(t.data, 0)
@@ -280,8 +271,7 @@ class Dist:
             g.copy_(part.view_as(g))
 
     def close(self, modules):
-        """Under torchrun every rank prints a float64 sum of its weights (equal sums: identical replicas), then the
-        process group ends."""
+        """Under torchrun each rank prints its weights' float64 sum (equal sums: identical replicas); the group ends."""
         if self.world > 1 and dist.is_initialized():
             total = sum(p.double().sum().item() for m in modules for p in m.parameters())
             print(f"rank {self.rank}: weights sum {total!r}")
@@ -289,11 +279,9 @@ class Dist:
 
 
 # ==================== 3. Data: unpaired image folders (the CycleGAN / U-GAT-IT layout), download ====================
-
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CYCLEGAN_DATASETS = ("horse2zebra", "apple2orange", "summer2winter_yosemite", "monet2photo", "cezanne2photo",
                      "ukiyoe2photo", "vangogh2photo", "maps", "facades", "iphone2dslr_flower")
-CYCLEGAN_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 SELFIE2ANIME_URL = "https://drive.google.com/file/d/1xOWj1UVgp6NKMT3HbPhBbtq2A4EDkghF/view"
 _stats = {"skipped": 0}  # unreadable images skipped so far (counted in the main process)
 
@@ -303,8 +291,9 @@ def list_images(folder):  # all image files under `folder`, recursively, sorted
                   if f.lower().endswith(IMG_EXTS))
 
 
-def ugatit_transform(im, size, rng):
-    """U-GAT-IT's: flip, resize to size+30, random crop to size; `rng` is seeded per sample (any workers)."""
+def ugatit_transform(im, size, rng):  # U-GAT-IT's: flip, resize to size+30, random crop; rng None (testing): a resize
+    if rng is None:
+        return im.resize((size, size), Image.BILINEAR)
     if rng.random() < 0.5:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
     im = im.resize((size + 30, size + 30), Image.BILINEAR)
@@ -312,9 +301,7 @@ def ugatit_transform(im, size, rng):
     return im.crop((left, top, left + size, top + size))
 
 
-def load_image(path):
-    """An image file as RGB: EXIF orientation applied, 16-bit grey scaled (not clipped) to 8 bits, float grey in
-    [0, 1] (a float TIFF) to [0, 255]."""
+def load_image(path):  # as RGB, EXIF-rotated; 16-bit grey scaled (not clipped) to 8 bits, float [0, 1] grey to [0, 255]
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I") or im.mode == "F":
@@ -328,20 +315,16 @@ def load_image(path):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images of one domain and split: {'image' (3, S, S) in [-1, 1], 'name', 'skipped'} per index or (index,
-    augmentation seed). An unreadable file is skipped and counted in training, an error at test time (images
-    resized to size x size). `labels` adds each image's labels; `transform(im, size, rng)` replaces U-GAT-IT's."""
+    """One domain and split: {'image' (3, S, S) in [-1, 1], 'name', 'skipped'} per index or (index, augmentation seed);
+    an unreadable file is skipped in training, an error in testing. `transform(im, size, rng)` replaces U-GAT-IT's."""
 
     def __init__(self, files, size, train, root=None, labels=None, transform=None):
         self.files, self.root = files, root
-        self.size = size
-        self.train = train
+        self.size, self.train = size, train
         self.labels, self.transform = labels, transform
         names = [os.path.relpath(f, root) if root else os.path.basename(f) for f in files]
         stems = [os.path.splitext(name)[0] for name in names]
-        counts = {}
-        for stem in stems:
-            counts[stem] = counts.get(stem, 0) + 1
+        counts = collections.Counter(stems)
         # an output is named after its input without the extension, unless that names two (x.jpg, x.png: x.jpg.png)
         self.names = [stem if counts[stem] == 1 else name for stem, name in zip(stems, names)]
 
@@ -359,13 +342,8 @@ class ImageFiles(torch.utils.data.Dataset):
                     raise UserError(f"cannot read the image {path} ({e}); repair or remove it.") from None
                 print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
                 continue
-            rng = random.Random(aug_seed) if self.train else None
-            if self.transform is not None:
-                im = self.transform(im, self.size, rng)
-            elif self.train:
-                im = ugatit_transform(im, self.size, rng)
-            else:
-                im = im.resize((self.size, self.size), Image.BILINEAR)
+            rng = random.Random(aug_seed) if self.train else None  # seeded per sample: the same in any worker
+            im = (self.transform or ugatit_transform)(im, self.size, rng)
             image = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
             item = {"image": image, "name": self.names[(index + tries) % len(self.files)], "skipped": tries}
             if self.labels is not None:
@@ -375,8 +353,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def shuffled_positions(n, seed, start=0, rank=0, world=1):
-    """Endless shuffled (index, augmentation seed) pairs for a dataset of n items (a DataLoader's sampler), a function
-    of the position from `start` on (exact resume); rank r of K takes positions r, r+K, ..."""
+    """Endless shuffled (index, augmentation seed) pairs, fixed by position from `start`; rank r of K: r, r+K, ..."""
     perm, perm_epoch = None, -1
     for pos in itertools.count(start):
         p = pos * world + rank
@@ -390,10 +367,9 @@ def train_batches(dataset, batch_size, workers, seed, device, dist_, start_step,
     """Endless device batches of `dataset` (with `labels`: (images, labels)) from `start_step` on, in an order set
     by `seed`, this process's share under torchrun (`dist_`); draws the loader's base seed from the global RNG."""
     sampler = shuffled_positions(len(dataset), seed, start_step * batch_size, dist_.rank, dist_.world)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=True,
-        worker_init_fn=ignore_stop_signals)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                         drop_last=True, worker_init_fn=ignore_stop_signals)
 
     def on_device(batch):
         _stats["skipped"] += int(batch["skipped"].sum())
@@ -403,19 +379,16 @@ def train_batches(dataset, batch_size, workers, seed, device, dist_, start_step,
         if labels:
             return x, batch["labels"].to(device, non_blocking=True)
         return x
-
     return map(on_device, _batches(iter(loader)))  # iter() now: the base seed is drawn here
 
 
 def ignore_stop_signals(worker_id=None):
-    """A DataLoader worker's `worker_init_fn`: Ctrl-C and SIGTERM sent to every process of a run stop the main process
-    after its step, which then ends its workers; a worker that died of the signal first would break that step."""
+    """`worker_init_fn`: workers ignore Ctrl-C and SIGTERM, so that the main process ends them after its step."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _batches(it):
-    """The batches of a DataLoader iterator; a UserError from a worker keeps its message, not the traceback."""
+def _batches(it):  # a DataLoader iterator's batches; a worker's UserError keeps its message, not the traceback
     while True:
         try:
             yield next(it)
@@ -437,8 +410,7 @@ def _layout_help(root):
             f"--data toy, toy-shape or toy-attr.")
 
 
-def dataset_dir(data, data_root, layout_help=_layout_help):
-    """The folder of a real dataset: --data as a path if it is one, else --data_root/--data."""
+def dataset_dir(data, data_root, layout_help=_layout_help):  # --data as a path if it is one, else --data_root/--data
     root = data if os.path.exists(data) else os.path.join(data_root, data)
     if not os.path.isdir(root):
         raise UserError(f"{root} is {'a file, not' if os.path.exists(root) else 'not'} a dataset folder. "
@@ -447,9 +419,8 @@ def dataset_dir(data, data_root, layout_help=_layout_help):
 
 
 def domain_images(data, data_root, img_size, split, domain):
-    """One split ('train', 'test') of domain 'A' or 'B' of --data: a toy split (with GT masks; seed 0's data for
-    every --seed, so runs share their test images) or the images in <data>/<split><domain> or <data>/<split>/<domain>,
-    at img_size x img_size."""
+    """One split ('train', 'test') of domain 'A' or 'B' of --data at img_size: a toy split (GT masks; seed 0's data for
+    every --seed: runs share test images) or the images in <data>/<split><domain> or <data>/<split>/<domain>."""
     if data == "toy-attr":
         raise UserError("toy-attr is a multi-attribute dataset (amgan.py, camconsistency.py); "
                         "two-domain scripts take --data toy or toy-shape.")
@@ -466,24 +437,20 @@ def domain_images(data, data_root, img_size, split, domain):
     raise UserError(f"{root} has no {split}{domain}/ folder. {_layout_help(root)}")
 
 
-def directions(direction="both"):
-    """The translations --direction asks for: (name, source domain, target domain)."""
+def directions(direction="both"):  # the translations --direction asks for: (name, source domain, target domain)
     if direction == "both":
         return [("a2b", "A", "B"), ("b2a", "B", "A")]
     return [(direction, direction[0].upper(), direction[-1].upper())]
 
 
-def test_batches(dataset, workers, batch_size=16):
-    """A test or eval pass over `dataset`, in order: batches of dicts (image, name, masks...)."""
+def test_batches(dataset, workers, batch_size=16):  # a pass over `dataset` in order: batches of dicts (image, name...)
     return _batches(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)))
 
 
-def input_images(path, img_size):
-    """--input: one image file or a folder of them, as test items {'image', 'name'} at img_size (for test_batches)."""
+def input_images(path, img_size):  # --input: an image file or a folder of them as test items {'image', 'name'}
     files = [path] if os.path.isfile(path) else list_images(path)
     if not files:
-        raise UserError(f"--input {path} is neither an image file nor a folder holding images "
-                        f"({', '.join(IMG_EXTS)}).")
+        raise UserError(f"--input {path} is neither an image file nor a folder holding images ({', '.join(IMG_EXTS)}).")
     return ImageFiles(files, img_size, False, root=path if os.path.isdir(path) else None)
 
 
@@ -496,7 +463,7 @@ def download_dataset(name, data_root, url=None):
     if url is None and name not in CYCLEGAN_DATASETS:
         raise UserError(f"--download knows the CycleGAN datasets {', '.join(CYCLEGAN_DATASETS)} and "
                         f"selfie2anime, not '{name}'.")
-    url = url or CYCLEGAN_URL.format(name=name)
+    url = url or f"https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
     if os.path.isdir(target) and list_images(target):
         print(f"{target} already holds images; not downloading again")
         return target
@@ -519,7 +486,6 @@ def download_dataset(name, data_root, url=None):
 
 
 # -------------------- Attribute data (amgan.py, camconsistency.py): CelebA, labels.csv, toy-attr --------------------
-
 CELEBA_ATTR_FILE = "list_attr_celeba.txt"
 CELEBA_DEFAULT_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 CELEBA_HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")  # StarGAN keeps one hair colour at a time
@@ -528,27 +494,21 @@ ATTR_TEST_SIZE = 2000  # test images taken from CelebA and labels.csv datasets (
 
 
 class AttributeSet:
-    """The attribute groups of a dataset and the manipulated ones (--attrs). A group is categorical
-    (values like color=red: one-hot, cross-entropy) or binary (a CelebA attribute: one 0/1 column, BCE).
-    Labels are (N, G) value indices; label vectors hold the manipulated groups in --attrs order, `slices`
-    their columns."""
+    """A dataset's attribute groups and the manipulated ones (--attrs): categorical (one-hot, cross-entropy) or binary
+    (CelebA: a 0/1 column, BCE). Labels: (N, G) value indices; vector(): --attrs' groups, `slices` their columns."""
 
     def __init__(self, names, values, binary, manipulated, exclusive=()):
         # the constructor's arguments as plain data (a checkpoint stores them): AttributeSet(**attrs.state)
         self.state = {"names": list(names), "values": [list(v) for v in values], "binary": list(binary),
                       "manipulated": list(manipulated), "exclusive": [sorted(e) for e in exclusive]}
-        self.names = self.state["names"]
-        self.values = self.state["values"]
-        self.binary = self.state["binary"]
-        self.manipulated = self.state["manipulated"]
+        self.names, self.values = self.state["names"], self.state["values"]
+        self.binary, self.manipulated = self.state["binary"], self.state["manipulated"]
         self.exclusive = [set(e) for e in exclusive]  # binary groups of which at most one is 1
-        widths = [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated]
-        ends = np.cumsum([0] + widths)
+        ends = np.cumsum([0] + [1 if self.binary[g] else len(self.values[g]) for g in self.manipulated])
         self.c_dim = int(ends[-1])
         self.slices = {g: slice(int(a), int(b)) for g, a, b in zip(self.manipulated, ends[:-1], ends[1:])}
 
-    def vector(self, labels):
-        """(N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot."""
+    def vector(self, labels):  # (N, G) labels -> (N, c_dim) float: binary groups 0/1, categorical groups one-hot
         return torch.cat([labels[:, g:g + 1].float() if self.binary[g]
                           else F.one_hot(labels[:, g], len(self.values[g])).float() for g in self.manipulated], 1)
 
@@ -560,8 +520,7 @@ class AttributeSet:
             out[:, other] = torch.where(out[:, group] == 1, torch.zeros_like(out[:, other]), out[:, other])
         return out
 
-    def changes(self, labels):
-        """Every single-group change of a batch: (group, value, target, valid: the images not already at value)."""
+    def changes(self, labels):  # every single-group change: (group, value, target, valid: images not yet at value)
         for g in self.manipulated:
             for v in range(len(self.values[g])):
                 target = self.set_value(labels, g, v)
@@ -570,8 +529,7 @@ class AttributeSet:
     def describe(self, group, value):
         return f"{self.names[group]}={self.values[group][value]}"
 
-    def parse_target(self, text):
-        """'color=red,sleeve=long' -> [(group, value), ...], each a value of a manipulated group."""
+    def parse_target(self, text):  # 'color=red,sleeve=long' -> [(group, value), ...] of the manipulated groups
         valid = {self.describe(g, v): (g, v) for g in self.manipulated for v in range(len(self.values[g]))}
         parts = [p.strip() for p in text.split(",") if p.strip()]
         bad = [p for p in parts if p not in valid]
@@ -596,8 +554,7 @@ def select_attributes(names, values, binary, attrs_arg, default, exclusive_names
     return AttributeSet(names, values, binary, manipulated, [[g for g in manipulated if names[g] in exclusive_names]])
 
 
-def _read_lines(path):
-    """A text file's lines; a UTF-8 BOM is dropped, a byte that is not UTF-8 is an error naming its line."""
+def _read_lines(path):  # a UTF-8 BOM is dropped, a byte that is not UTF-8 is an error naming its line
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -607,24 +564,23 @@ def _read_lines(path):
         raise UserError(f"{path}, line {line}: byte {data[e.start]:#04x} is not UTF-8; save it as UTF-8.") from None
 
 
-def _refuse_contradicting_rows(path, files, rows, line_numbers):
-    """A file listed twice with different labels is an error naming both lines (twice the same labels is harmless)."""
+def _refuse_contradicting_rows(path, entries):
+    """A file twice in the (file, labels, line) `entries` with different labels is an error naming both lines."""
     first = {}
-    for file, row, number in zip(files, rows, line_numbers):
-        seen = first.setdefault(file, (row, number))
-        if seen[0] != row:
+    for file, labels, number in entries:
+        seen = first.setdefault(file, (labels, number))
+        if seen[0] != labels:
             raise UserError(f"{path} lists {file} twice with different labels, on lines {seen[1]} and {number}; "
                             f"keep the right one.")
 
 
 def read_celeba_attributes(path):
-    """CelebA's list_attr_celeba.txt (the image count, the 40 names, then a file name and 40 values
-    in {1, -1} per line, irregular spaces) -> (names, files, (N, 40) LongTensor of 0/1)."""
+    """CelebA's list_attr_celeba.txt (count, 40 names, rows: a file, 40 values 1/-1) -> (names, files, (N, 40) 0/1)."""
     lines = _read_lines(path)
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise UserError(f"{path}, line 1: expected the number of images, got {(lines[0] if lines else '')!r}.")
     names = lines[1].split()
-    files, rows, numbers = [], [], []
+    entries = []  # (file, its 0/1 values, line number)
     for number, line in enumerate(lines[2:], start=3):
         parts = line.split()
         if not parts:
@@ -635,17 +591,15 @@ def read_celeba_attributes(path):
         for name, v in zip(names, parts[1:]):
             if v not in ("1", "-1"):
                 raise UserError(f"{path}, line {number}: value {v!r} of {name} is not 1 or -1.")
-        files.append(parts[0])
-        rows.append([v == "1" for v in parts[1:]])
-        numbers.append(number)
-    if int(lines[0]) != len(files):
-        raise UserError(f"{path}, line 1: says {int(lines[0])} images, but the file lists {len(files)}.")
-    _refuse_contradicting_rows(path, files, rows, numbers)
-    return names, files, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
+        entries.append((parts[0], [v == "1" for v in parts[1:]], number))
+    if int(lines[0]) != len(entries):
+        raise UserError(f"{path}, line 1: says {int(lines[0])} images, but the file lists {len(entries)}.")
+    _refuse_contradicting_rows(path, entries)
+    labels = torch.tensor([e[1] for e in entries], dtype=torch.long).reshape(len(entries), len(names))
+    return names, [e[0] for e in entries], labels
 
 
-def read_labels_csv(path):
-    """The table 'filename,<attribute>,...' with a value name per cell -> (names, values, files, labels)."""
+def read_labels_csv(path):  # 'filename,<attribute>,...' with a value name per cell -> (names, values, files, labels)
     reader = csv.reader(_read_lines(path))
     header = next(reader, None)
     if not header or header[0].strip() != "filename" or len(header) < 2:
@@ -654,7 +608,7 @@ def read_labels_csv(path):
     names = [h.strip() for h in header[1:]]
     if len(set(names)) != len(names) or not all(names):
         raise UserError(f"{path}, line 1: attribute names must be unique and non-empty, got {names}.")
-    files, cells, numbers = [], [], []
+    entries = []  # (file, its value names, line number)
     for row in reader:
         if not any(c.strip() for c in row):
             continue
@@ -664,15 +618,14 @@ def read_labels_csv(path):
         row = [c.strip() for c in row]
         if "" in row:
             raise UserError(f"{path}, line {reader.line_num}: empty cell ({(['filename'] + names)[row.index('')]}).")
-        files.append(row[0])
-        cells.append(row[1:])
-        numbers.append(reader.line_num)
-    if not files:
+        entries.append((row[0], row[1:], reader.line_num))
+    if not entries:
         raise UserError(f"{path} lists no images.")
-    _refuse_contradicting_rows(path, files, cells, numbers)
+    _refuse_contradicting_rows(path, entries)
+    cells = [e[1] for e in entries]
     values = [sorted({r[k] for r in cells}) for k in range(len(names))]
     labels = torch.tensor([[values[k].index(c) for k, c in enumerate(r)] for r in cells], dtype=torch.long)
-    return names, values, files, labels
+    return names, values, [e[0] for e in entries], labels
 
 
 def attribute_transform(im, size, rng, crop=None):
@@ -685,8 +638,7 @@ def attribute_transform(im, size, rng, crop=None):
     return im.resize((size, size), Image.BILINEAR)
 
 
-def _split_indices(n, test_size):
-    """StarGAN's split: shuffle with random.seed(1234), the first `test_size` are the test split."""
+def _split_indices(n, test_size):  # StarGAN's: shuffled with random.seed(1234), the first `test_size` for testing
     order = list(range(n))
     random.Random(1234).shuffle(order)
     return {"test": order[:test_size], "train": order[test_size:]}
@@ -700,9 +652,8 @@ def _attribute_layout_help(root):
 
 
 def attribute_data(data, data_root, img_size, attr_names, split):
-    """(AttributeSet manipulating the comma-separated `attr_names` (--attrs; None: the default), one split at
-    img_size) for --data toy-attr, a CelebA folder or a labels.csv folder. Items: image, labels (G,), name (toy-attr
-    adds its GT masks); the dataset's `labels` holds them all."""
+    """(AttributeSet manipulating --attrs `attr_names` (None: the default), one split at img_size) of toy-attr, a CelebA
+    or a labels.csv folder. Items: image, labels (G,), name (toy-attr: and GT masks); the dataset's `labels` has all."""
     if data in TOY_NAMES:
         if data != "toy-attr":
             raise UserError(f"{data} is a two-domain toy dataset; the attribute scripts take --data toy-attr.")
@@ -736,32 +687,27 @@ def attribute_data(data, data_root, img_size, attr_names, split):
 
 
 # -------------------- The embedded toy datasets ----------------------------------------------------------------------
-# Three procedural datasets, deterministic by seed, any image size S >= 16, no files. Every sample
-# comes with its ground-truth masks, which is what makes attention measurable on toy data.
-# Geometry is in pixel units: x runs to the right, y downwards, pixel (row i, column j) has its
-# centre at (x, y) = (j + 0.5, i + 0.5). Colours are built in [0, 1] and returned in [-1, 1].
+# Three procedural datasets (seeded, any size S >= 16, no files) with ground-truth masks, which make attention
+# measurable. Pixel [i, j] is centred at (x, y) = (j + 0.5, i + 0.5); colours are built in [0, 1], returned in [-1, 1].
 TOY_NAMES = ("toy", "toy-shape", "toy-attr")
 TOY_ATTRS = {"color": ["red", "green", "blue", "yellow", "white"], "sleeve": ["sleeveless", "short", "long"],
              "size": ["small", "large"], "bg": ["plain", "textured"]}
 TOY_SPLIT_SIZES = {"train": 2000, "test": 200}  # per domain for toy/toy-shape, total for toy-attr
 TOY_VERSION = 2  # bump when the generators below change: cached judges carry it in their file name
 TOY_JUDGE_STEPS = {"toy": 200, "toy-shape": 300, "toy-attr": 500}  # the judge's training steps per dataset
-# Shirt base colours (toy-attr), far from the muted grey-ish backgrounds.
 _TOY_SHIRT_RGB = {"red": (0.85, 0.15, 0.15), "green": (0.2, 0.7, 0.25), "blue": (0.15, 0.3, 0.85),
-                  "yellow": (0.9, 0.8, 0.15), "white": (0.93, 0.93, 0.93)}
+                  "yellow": (0.9, 0.8, 0.15), "white": (0.93, 0.93, 0.93)}  # far from the muted backgrounds
 
 
 def _toy_noise_background(rng, size, mean, spread):
     """Low-frequency colour noise: a 4x4 grid of colours (mean +- spread per channel), bicubic, in [0, 1]."""
     grid = np.asarray(mean)[:, None, None] + rng.uniform(-spread, spread, (3, 4, 4))
-    t = F.interpolate(torch.from_numpy(grid.astype(np.float32))[None], size=(size, size), mode="bicubic",
-                      align_corners=False)
+    t = F.interpolate(torch.from_numpy(grid.astype(np.float32))[None], size=(size, size), mode="bicubic")
     return t[0].clamp_(0, 1).numpy()
 
 
 def _toy_shaded_object(rng, xx, yy, cx, cy, radius):
-    """(3, S, S): a clear colour of value <= 0.75 (so +30% never clips) x a brightness varying by +-30% across
-    the object along a random direction."""
+    """(3, S, S): a clear colour (value <= 0.75: +30% never clips), its brightness +-30% along a random direction."""
     hue = rng.uniform(0.5, 1.05) % 1.0  # cyan, blue, purple, magenta, red: not the grass's greens and yellows
     colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 0.75)), dtype=np.float32)
     phi = rng.uniform(0, 2 * np.pi)
@@ -769,23 +715,20 @@ def _toy_shaded_object(rng, xx, yy, cx, cy, radius):
     return colour[:, None, None] * (1 + 0.3 * np.clip(t, -1, 1))[None]
 
 
-def _toy_ellipse(rng, domain, xx, yy, size):
-    """toy: one rotated ellipse, shaded colour (A) or black-and-white stripes (B)."""
+def _toy_ellipse(rng, domain, xx, yy, size):  # toy: a rotated ellipse, shaded colour (A) or black-white stripes (B)
     a, b = rng.uniform(0.12, 0.3, 2) * size  # semi-axes
     theta = rng.uniform(0, np.pi)
     c, s = np.cos(theta), np.sin(theta)
-    # Half-extents of the rotated ellipse's bounding box; the centre keeps it inside the image.
-    ex, ey = np.hypot(a * c, b * s), np.hypot(a * s, b * c)
-    cx, cy = rng.uniform(ex, size - ex), rng.uniform(ey, size - ey)
+    ex, ey = np.hypot(a * c, b * s), np.hypot(a * s, b * c)  # half-extents of the rotated ellipse's bounding box
+    cx, cy = rng.uniform(ex, size - ex), rng.uniform(ey, size - ey)  # the ellipse inside the image
     u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c  # along the ellipse's own axes
     mask = (u / a) ** 2 + (v / b) ** 2 <= 1
     if domain == "A":
-        return mask, _toy_shaded_object(rng, xx, yy, cx, cy, max(a, b))
+        return mask, mask, _toy_shaded_object(rng, xx, yy, cx, cy, max(a, b))
     angle = rng.uniform(0, np.pi)
     period = max(4.0, rng.uniform(0.1, 0.2) * size)
-    # Position across the stripes in periods; first half of each period white, second black.
-    t = (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform()
-    return mask, np.broadcast_to(((t % 1) < 0.5).astype(np.float32), (3, size, size))
+    t = (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform()  # across the stripes, in periods
+    return mask, mask, np.broadcast_to(((t % 1) < 0.5).astype(np.float32), (3, size, size))
 
 
 def _toy_disc_or_square(rng, domain, xx, yy, size):
@@ -806,10 +749,8 @@ def _toy_shirt(rng, labels, xx, yy, size):
         background = np.broadcast_to(mean[:, None, None], (3, size, size)).astype(np.float32)
     else:
         fine = rng.uniform(-0.12, 0.12, (3, max(4, size // 3), max(4, size // 3)))  # ~3 px cells
-        fine = F.interpolate(torch.from_numpy(fine.astype(np.float32))[None], size=(size, size),
-                             mode="bilinear", align_corners=False)[0].numpy()
-        background = np.clip(_toy_noise_background(rng, size, mean, 0.08) + fine, 0, 1)
-
+        fine = F.interpolate(torch.from_numpy(fine.astype(np.float32))[None], size=(size, size), mode="bilinear")
+        background = np.clip(_toy_noise_background(rng, size, mean, 0.08) + fine[0].numpy(), 0, 1)
     # Torso: height h, shoulder width 0.62h, hem width 0.56h, top edge (shoulder line) at y0.
     h = (rng.uniform(0.56, 0.62) if size_id == 1 else rng.uniform(0.38, 0.42)) * size
     top_w, hem_w = 0.62 * h, 0.56 * h
@@ -818,10 +759,8 @@ def _toy_shirt(rng, labels, xx, yy, size):
     sw, long_len = 0.2 * h, 0.8 * h
     # Place the shirt (with long sleeves: the largest extent) fully inside the image.
     half_w = top_w / 2 + long_len * np.sin(alpha) + sw * np.cos(alpha)
-    rise = sw * np.sin(alpha)  # the sleeves' outer top corners stick up above the shoulder line
     cx = rng.uniform(half_w, size - half_w)
-    y0 = rng.uniform(rise, size - h)
-
+    y0 = rng.uniform(sw * np.sin(alpha), size - h)  # the sleeves' outer top corners rise that much above y0
     t = (yy - y0) / h  # 0 at the shoulders, 1 at the hem
     torso = (t >= 0) & (t <= 1) & (np.abs(xx - cx) <= (top_w + (hem_w - top_w) * t) / 2)
     torso &= (xx - cx) ** 2 + (yy - y0) ** 2 > (0.12 * h) ** 2  # neckline
@@ -836,15 +775,13 @@ def _toy_shirt(rng, labels, xx, yy, size):
         sleeves_long |= band & (along <= long_len)
         sleeves_drawn |= band & (along <= drawn_len)
     shirt = torso | sleeves_drawn
-
     colour = np.array(_TOY_SHIRT_RGB[TOY_ATTRS["color"][colour_id]]) + rng.uniform(-0.04, 0.04, 3)
     shade = 1.08 - 0.2 * np.clip(t, 0, 1) - 0.08 * sleeves_drawn  # lit from above, sleeves darker
     image = np.where(shirt[None], np.clip(colour[:, None, None] * shade[None], 0, 1), background)
     return background, image, shirt, torso, sleeves_long
 
 
-def _toy_rng(name, split, index, domain, seed):
-    """A generator per sample from small integer ids (Python's hash() is salted per process)."""
+def _toy_rng(name, split, index, domain, seed):  # from small integer ids: Python's hash() is salted per process
     ids = [seed, TOY_NAMES.index(name), list(TOY_SPLIT_SIZES).index(split), {"A": 0, "B": 1, None: 2}[domain], index]
     return np.random.default_rng(ids)
 
@@ -864,17 +801,12 @@ def toy_render(name, split, index, size, domain=None, seed=0):
         out["mask_sleeves"] = torch.from_numpy(sleeves[None].astype(np.float32))
         out["labels"] = torch.tensor(labels, dtype=torch.long)
     else:
-        # toy/toy-shape background: "grass", a green-brown palette with low-frequency variation. Its
-        # mean colour varies little between images on purpose: generators built on instance norm
-        # cannot recover an image's mean colour, so a wide palette would cap their background PSNR.
+        # Grass with a nearly fixed mean colour: generators built on instance norm cannot recover an image's mean colour
         grass = np.array([0.38, 0.55, 0.25]) + rng.uniform(-0.07, 0.07) + rng.uniform(-0.04, 0.04, 3)
         background = _toy_noise_background(rng, size, grass, spread=0.1)
-        if name == "toy":
-            mask, obj = _toy_ellipse(rng, domain, xx, yy, size)
-            image = np.where(mask[None], obj, background)
-        else:
-            mask, shape, obj = _toy_disc_or_square(rng, domain, xx, yy, size)
-            image = np.where(shape[None], obj, background)
+        scene = _toy_ellipse if name == "toy" else _toy_disc_or_square
+        mask, shape, obj = scene(rng, domain, xx, yy, size)  # the GT mask, the shape drawn, its colours
+        image = np.where(shape[None], obj, background)
     out["image"] = torch.from_numpy(np.asarray(image, dtype=np.float32) * 2 - 1)
     out["background"] = torch.from_numpy(np.asarray(background, dtype=np.float32) * 2 - 1)
     out["mask"] = torch.from_numpy(mask[None].astype(np.float32))
@@ -882,14 +814,11 @@ def toy_render(name, split, index, size, domain=None, seed=0):
 
 
 class ToyDataset(torch.utils.data.Dataset):
-    """One split (and domain) of a toy dataset, rendered on the fly: ImageFiles-like items with the GT masks;
-    toy-attr's `labels` holds every sample's labels."""
+    """A toy split (and domain), rendered on the fly: ImageFiles-like items with GT masks; toy-attr has `labels`."""
 
     def __init__(self, name, split, size, domain=None, seed=0):
-        self.name = name
-        self.split = split
-        self.size = size
-        self.domain = domain
+        self.name, self.split = name, split
+        self.size, self.domain = size, domain
         self.seed = seed
         if name == "toy-attr":  # a sample's labels are its generator's first draws: no rendering needed
             rngs = [_toy_rng(name, split, i, None, seed) for i in range(len(self))]
@@ -909,14 +838,11 @@ class ToyDataset(torch.utils.data.Dataset):
 
 # ==================== 4. Shared blocks: what several papers use (each script holds its own networks) =========
 
-
-def lsgan(x, target):
-    """Least-squares GAN term (Mao et al. 2017): mean (x - target)^2, target 1 (real) or 0 (fake)."""
+def lsgan(x, target):  # least-squares GAN term (Mao et al. 2017): mean (x - target)^2, target 1 (real) or 0 (fake)
     return F.mse_loss(x, torch.full_like(x, target))
 
 
-def init_normal(module, std=0.02):
-    """N(0, std) weights and zero biases for every conv and linear layer (before any spectral norm)."""
+def init_normal(module, std=0.02):  # N(0, std) weights, zero biases in every conv and linear (before spectral norm)
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, std)
@@ -925,12 +851,10 @@ def init_normal(module, std=0.02):
 
 
 # ==================== 5. Checkpoint and run log: one resumable file, log.csv, Ctrl-C, --phase bench =================
-
 CKPT_VERSION = 2  # bump when the checkpoint layout changes (2: attribute scripts store their attribute set)
 
 
-def rng_state():
-    """Python's, numpy's and torch's global RNG states as tensors and plain data (weights_only loads them)."""
+def rng_state():  # Python's, numpy's and torch's global RNG states as tensors and plain data (for weights_only)
     version, python_state, gauss = random.getstate()
     np_state = np.random.get_state()
     state = {"python": [version, list(python_state), gauss], "torch": torch.get_rng_state(),
@@ -950,8 +874,8 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, script, flags, step, models, optimizers, extra=None):
-    """Everything to resume, atomically: the run's flags (a dict), the step, the networks and optimizers, the RNG
-    states and `extra`. NaN/Inf weights raise Diverged, a failed write UserError (the old file is kept)."""
+    """Everything to resume, atomically (flags, step, networks, optimizers, RNG, `extra`). NaN/Inf weights raise
+    Diverged, a failed write UserError; the old file is kept either way."""
     bad = [k for k, m in models.items() if not all(t.isfinite().all() for t in m.state_dict().values())]
     if bad:
         kept = f"{path} keeps the last checkpoint before it" if os.path.exists(path) else "no checkpoint was saved"
@@ -959,8 +883,7 @@ def save_checkpoint(path, script, flags, step, models, optimizers, extra=None):
                        f"run without --amp.")
     state = {"script": script, "version": CKPT_VERSION, "step": step, "args": dict(flags),
              "models": {k: m.state_dict() for k, m in models.items()},
-             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-             "rng": rng_state(), "extra": extra or {}}
+             "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state(), "extra": extra or {}}
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         torch.save(state, tmp)
@@ -993,8 +916,7 @@ def load_tensors(path, not_ours):
         raise UserError(f"{not_ours} (torch.load: {type(e).__name__}).") from None
 
 
-def read_checkpoint(path, script):
-    """The checkpoint dict, after checking that it is a whole one of `script` in this version's layout."""
+def read_checkpoint(path, script):  # the checkpoint dict, checked: a whole one of `script` in this version's layout
     state = load_tensors(path, f"{path} is not a checkpoint of this project")
     if not isinstance(state, dict) or state.get("script") != script:
         other = state.get("script") if isinstance(state, dict) else None
@@ -1011,12 +933,11 @@ def read_checkpoint(path, script):
 
 
 def load_checkpoint(path, script, models, optimizers=None, state=None):
-    """Load networks (and optimizers) in place -> the checkpoint dict (`state`: already read); the RNG is restored
-    by the caller. A checkpoint without optimizer states (converted weights) leaves the optimizers fresh."""
+    """Load networks (and optimizers, if saved) in place -> the checkpoint dict (`state`: already read); not the RNG."""
     state = state or read_checkpoint(path, script)
     if optimizers and "exported_from" in state["extra"]:
-        raise UserError(f"{path} is an export (the generators alone, for inference) of {state['extra']['exported_from']}"
-                        f"; training continues from that run's own checkpoint: give --ckpt that file.")
+        raise UserError(f"{path} is an export (the generators alone, for inference) of "
+                        f"{state['extra']['exported_from']}: to continue training, give --ckpt that file.")
     absent = [k for k in models if k not in state["models"]]
     if absent:
         raise UserError(f"{path} holds {', '.join(state['models'])} and not {', '.join(absent)} (an export, or "
@@ -1035,8 +956,7 @@ def load_checkpoint(path, script, models, optimizers=None, state=None):
     return state
 
 
-def make_folder(path):
-    """os.makedirs, or UserError when `path` cannot be a folder (a file there, no permission, ...)."""
+def make_folder(path):  # os.makedirs, or UserError when `path` cannot be a folder (a file there, no permission...)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -1048,9 +968,9 @@ _locks = {}  # run folder -> the lock file this process holds open (the OS lets 
 
 
 def lock_run_folder(out):
-    """Hold an OS lock on <out>/.lock for the rest of this process: one training at a time in `out`. A second one is
-    refused, naming the first's process (written in the file); the lock of a killed run went with its process, so the
-    next run takes it. fcntl on Unix, msvcrt on Windows, imported here (neither exists on the other)."""
+    """Lock <out>/.lock for the rest of this process: a second training in `out` is refused, naming the first's
+    process (its line in the file); an OS lock goes with its process, so a killed run's lock is taken over. fcntl on
+    Unix and msvcrt on Windows are imported here: neither exists on the other."""
     if os.path.realpath(out) in _locks:
         return
     f = open(os.path.join(out, ".lock"), "a+")
@@ -1077,9 +997,8 @@ def lock_run_folder(out):
 
 
 def prepare_out(out, ckpt, flags, resume, main=True):
-    """The run folder `out`, locked for this training (lock_run_folder), with args.json (the dict `flags`; written by
-    the main process), refusing to overwrite an earlier run's checkpoint `ckpt` or log unless `resume`; a killed
-    save's temp files go."""
+    """The run folder `out`, locked, with args.json (main process); an earlier run's `ckpt` or log is an error unless
+    `resume`; a killed save's temp files go."""
     if main:
         lock_run_folder(make_folder(out))
     if not resume:
@@ -1096,8 +1015,7 @@ def prepare_out(out, ckpt, flags, resume, main=True):
 
 
 def catch_stop_signals(received):
-    """Ctrl-C and SIGTERM append their number to the list `received` instead of ending the process, so that a loop
-    can finish its step, save and stop -> the previous handlers, for restore_signals."""
+    """Ctrl-C and SIGTERM append their number to `received` (the loop ends its step, saves) -> the old handlers."""
     return {signum: signal.signal(signum, lambda number, _: received.append(number)) for signum in STOP_SIGNALS}
 
 
@@ -1107,15 +1025,13 @@ def restore_signals(handlers):
 
 
 class RunLog:
-    """`with RunLog(...) as log:` around the loop: <out>/log.csv (step, loss terms, lr, seconds, skipped images), the
-    progress bar. add(losses) sums losses on the device, write() averages them (NaN/Inf: Diverged, naming what `ckpt`
-    keeps) and rewrites the file, keeping a resumed run's rows; interrupted(step): Ctrl-C or SIGTERM received."""
+    """`with RunLog(...) as log:` around the loop: <out>/log.csv and the progress bar. add(losses) sums on the device,
+    write() averages (NaN/Inf: Diverged) and rewrites log.csv; interrupted(step): Ctrl-C or SIGTERM received."""
 
     def __init__(self, out, ckpt, last_step, log_every, dist_, start_step, elapsed=0.0):
         self.path = os.path.join(out, "log.csv")
         self.ckpt = ckpt  # named in the message when a loss diverges
-        self.dist = dist_
-        self.every = log_every
+        self.dist, self.every = dist_, log_every
         self.t0 = time.time() - elapsed
         self.sums, self.counts = {}, {}
         self.first, self.last_saved = start_step + 1, start_step  # first: of the current log interval
@@ -1138,8 +1054,7 @@ class RunLog:
             writer.writeheader()
             writer.writerows(self.rows)
 
-    def seconds(self):
-        """Training time so far, across resumes."""
+    def seconds(self):  # training time so far, across resumes
         return time.time() - self.t0
 
     def add(self, losses):
@@ -1169,8 +1084,7 @@ class RunLog:
             self.rows.append(row)
             self._save()
 
-    def interrupted(self, step):
-        """The stop signal received (0: none; on any rank under torchrun: the ranks agree every log_every steps)."""
+    def interrupted(self, step):  # the stop signal (0: none); under torchrun the ranks agree every log_every steps
         if self.dist.world == 1 or step % self.every:
             return self.stop[0] if self.stop and self.dist.world == 1 else 0
         received = torch.tensor([float(self.stop[0] if self.stop else 0)], device=self.dist.device)
@@ -1180,8 +1094,7 @@ class RunLog:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exception):
-        """However the loop ends: the progress bar closed, the signals' handlers back, the skipped images counted."""
+    def __exit__(self, *exception):  # however the loop ends
         self.bar.close()
         restore_signals(self.old_handlers)
         if _stats["skipped"]:
@@ -1189,8 +1102,7 @@ class RunLog:
 
 
 class Bench:
-    """--phase bench: `for step in bench.steps(): losses = ...`, then report(losses): it/s, img/s, memory, and the
-    settings they were measured with (image size, batch size, --amp, --compile)."""
+    """--phase bench: `for step in bench.steps(): losses = ...`, then report(losses): it/s, img/s, memory, settings."""
 
     def __init__(self, device, img_size, batch_size, amp, compiled, warmup=3, timed=10):
         self.device = device
@@ -1219,8 +1131,7 @@ class Bench:
 
 
 def load_for_inference(path, script, nets, state=None):
-    """--phase test and eval -> (networks in eval mode, step): those of `nets` that the checkpoint at `path` holds
-    (a run's ckpt.pt, or an export's generators.pt: the networks translation needs; `state`: already read)."""
+    """-> (those of `nets` that `path` holds (ckpt.pt or an export), in eval mode; the step); `state`: already read."""
     state = state or read_checkpoint(path, script)
     nets = {k: m.eval() for k, m in nets.items() if k in state["models"]}
     load_checkpoint(path, script, nets, state=state)
@@ -1229,21 +1140,17 @@ def load_for_inference(path, script, nets, state=None):
 
 # ==================== 6. Pictures: heat colour map, sample grids, image files =======================================
 
-
-def jet(x):
-    """The 'jet' colour map: (N,1,H,W) in [0,1] -> (N,3,H,W) in [0,1] (blue - cyan - yellow - red)."""
+def jet(x):  # the 'jet' colour map: (N,1,H,W) in [0,1] -> (N,3,H,W) in [0,1] (blue - cyan - yellow - red)
     return torch.cat([(1.5 - (4 * x - c).abs()).clamp(0, 1) for c in (3, 2, 1)], dim=1)
 
 
-def normalise_map(attention, size):
-    """Upsample a (N,1,h,w) map to size x size and min-max normalise each image to [0,1]."""
+def normalise_map(attention, size):  # a (N,1,h,w) map upsampled to size x size, each image min-max scaled to [0,1]
     a = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
     lo, hi = a.amin(dim=(1, 2, 3), keepdim=True), a.amax(dim=(1, 2, 3), keepdim=True)
     return (a - lo) / (hi - lo).clamp_min(1e-8)
 
 
-def heat_overlay(attention, image, alpha=0.5):
-    """Attention as a jet heat map laid over the image; image and result in [-1, 1]."""
+def heat_overlay(attention, image, alpha=0.5):  # attention as a jet heat map over the image; both in [-1, 1]
     return (alpha * jet(normalise_map(attention, image.shape[-1])) + (1 - alpha) * (image.float() + 1) / 2) * 2 - 1
 
 
@@ -1251,8 +1158,7 @@ def grey(mask):  # a (N,1,H,W) mask in [0,1] as a black-to-white picture in [-1,
     return mask.float().expand(-1, 3, -1, -1) * 2 - 1
 
 
-def save_grid(path, columns):
-    """One row per sample, one column per picture; `columns` are (N,3,H,W) tensors in [-1, 1]."""
+def save_grid(path, columns):  # a row per sample, a column per picture; `columns`: (N,3,H,W) tensors in [-1, 1]
     cells = torch.stack([c.detach().float().cpu() for c in columns], dim=1).flatten(0, 1)
     torchvision.utils.save_image((cells + 1) / 2, path, nrow=len(columns), padding=2, pad_value=1.0)
 
@@ -1277,7 +1183,6 @@ def write_index_html(folder, title, flags, columns, rows):
             return "<td></td>"
         link = html.escape(urllib.request.pathname2url(path))
         return f'<td><a href="{link}"><img src="{link}" alt="{html.escape(path)}"></a></td>'
-
     header = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *columns])
     table = "".join(f"<tr><th>{html.escape(caption)}</th>{''.join(map(cell, paths))}</tr>\n" for caption, paths in rows)
     with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
@@ -1289,16 +1194,13 @@ def write_index_html(folder, title, flags, columns, rows):
 
 # ==================== 7. Evaluation: the toy judge, KID and FID, the FID Inception, toy metrics, metrics.json =======
 
-
 class ToyJudge(nn.Module):
     """A small CNN reading a toy image's domain or attributes; its pooled features are toy-KID's space."""
 
     def __init__(self, name):
         super().__init__()
         self.head_sizes = tuple(len(v) for v in TOY_ATTRS.values()) if name == "toy-attr" else (2,)
-        # Four blocks conv3x3 -> BatchNorm -> LeakyReLU -> 2x2 max-pool (S -> S/16). Stride-1
-        # convolutions with max-pooling see the thin sleeves and the disc/square corners far more
-        # easily than strided ones, and BatchNorm makes training take a few hundred steps.
+        # stride-1 convolutions + max-pooling (S -> S/16) see thin sleeves and square corners better than strided ones
         layers, channels = [], [3, 16, 32, 64, 64]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
@@ -1306,8 +1208,7 @@ class ToyJudge(nn.Module):
         self.body = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(64, k) for k in self.head_sizes)
 
-    def features(self, x):
-        """(N, 64) pooled features with norm 8, so that KID's kernel (x.y/d + 1)^3 stays in [0, 8]."""
+    def features(self, x):  # (N, 64) pooled, norm 8: KID's kernel (x.y/d + 1)^3 stays in [0, 8]
         return F.normalize(self.body(x).mean(dim=(2, 3)), dim=1) * 8.0
 
     def forward(self, x):  # a list of logits, one per head
@@ -1315,8 +1216,7 @@ class ToyJudge(nn.Module):
         return [head(feats) for head in self.heads]
 
 
-def _toy_augment(x, name, gen):
-    """Random flips, light blur, brightness jitter and noise: the judge also reads imperfect fakes."""
+def _toy_augment(x, name, gen):  # flips, light blur, brightness jitter, noise: the judge also reads imperfect fakes
     coin = lambda p: (torch.rand(len(x), 1, 1, 1, generator=gen) < p)  # noqa: E731
     x = torch.where(coin(0.5), x.flip(3), x)
     if name != "toy-attr":  # shirts hang downwards; ellipses, discs and squares have no up
@@ -1331,8 +1231,7 @@ def _toy_augment(x, name, gen):
 
 @torch.enable_grad()  # also when an eval phase runs under no_grad
 def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
-    """Train the judge (cross-entropy, Adam 1e-3; >= 98% test accuracy at 64 px, >= 95% at 32 px):
-    -> (judge in eval mode, its test accuracy: the mean over the domains or attribute groups)."""
+    """-> (the judge in eval mode, its mean test accuracy over domains or groups: >= 98% at 64 px, >= 95% at 32)."""
     def split_data(split):  # the whole split: images (N, 3, S, S), targets (N, heads)
         n = TOY_SPLIT_SIZES[split]
         if name == "toy-attr":
@@ -1350,9 +1249,8 @@ def train_toy_judge(name, size, seed=0, device="cpu", batch_size=64):
     for _ in range(TOY_JUDGE_STEPS[name]):
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         xb, yb = _toy_augment(x[idx], name, gen).to(device), y[idx].to(device)
-        loss = sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        sum(F.cross_entropy(logits, yb[:, k]) for k, logits in enumerate(judge(xb))).backward()
         opt.step()
     x, y = split_data("test")
     judge.eval()
@@ -1376,9 +1274,8 @@ def load_toy_judge(name, size, data_root, device="cpu"):
     else:
         print(f"training the toy judge for {name} at {size} px once; cached in {path}")
         judge, accuracy = train_toy_judge(name, size, device=device)
-        state = {k: v.cpu() for k, v in judge.state_dict().items()}
         make_folder(os.path.dirname(path))
-        torch.save({"state_dict": state, "accuracy": accuracy}, f"{path}.tmp")
+        torch.save({"state_dict": judge.cpu().state_dict(), "accuracy": accuracy}, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
     return judge.to(device).eval(), accuracy
 
@@ -1387,15 +1284,13 @@ def _as_float64(features):  # (N, D) tensor or array-like -> float64 numpy array
     return torch.as_tensor(features).detach().cpu().double().numpy()
 
 
-def polynomial_kernel(x, y):
-    """KID's kernel k(x, y) = (x.y / d + 1)^3 for every pair of rows (Binkowski et al. 2018), float64."""
+def polynomial_kernel(x, y):  # KID's k(x, y) = (x.y / d + 1)^3 for every pair of rows (Binkowski et al. 2018)
     x, y = _as_float64(x), _as_float64(y)
     base = x @ y.T / x.shape[1] + 1.0
     return base * base * base  # = base ** 3, which numpy computes ten times slower
 
 
-def mmd2_unbiased(x, y):
-    """Unbiased MMD^2 = mean_{i!=j} k(x_i,x_j) + mean_{i!=j} k(y_i,y_j) - 2 mean_{i,j} k(x_i,y_j)."""
+def mmd2_unbiased(x, y):  # mean_{i!=j} k(x_i,x_j) + mean_{i!=j} k(y_i,y_j) - 2 mean_{i,j} k(x_i,y_j)
     x, y = _as_float64(x), _as_float64(y)
     m, n = len(x), len(y)
     if m < 2 or n < 2:
@@ -1419,16 +1314,14 @@ def kid_subsets(real, fake, n_subsets=100, subset_size=1000, seed=2020):
     return float(np.mean(estimates)), float(np.std(estimates))
 
 
-def _block_sizes(n, n_blocks):
-    """TF-GAN's split of n rows into n_blocks contiguous blocks: the last n % n_blocks are one row longer."""
+def _block_sizes(n, n_blocks):  # TF-GAN's contiguous blocks of n rows: the last n % n_blocks are one row longer
     small, n_plus_one = divmod(n, n_blocks)
     return [small] * (n_blocks - n_plus_one) + [small + 1] * n_plus_one
 
 
 def kid_blocks(real, fake, max_block_size=10):
-    """KID as U-GAT-IT reports it (TF-GAN): unbiased MMD^2 of ceil(max(N) / max_block_size) contiguous
-    block pairs -> (mean, standard error sqrt(var_ddof1 / n_blocks)), nan for one block. When the smaller set
-    would give a block fewer than 2 rows (where TF-GAN returns nan), min(N) // 2 blocks instead."""
+    """KID as U-GAT-IT reports it (TF-GAN): unbiased MMD^2 of ceil(max(N) / max_block_size) contiguous block pairs ->
+    (mean, standard error), nan for one block; min(N) // 2 blocks where TF-GAN would give a block under 2 rows (nan)."""
     real, fake = _as_float64(real), _as_float64(fake)
     n_blocks = max(1, min(math.ceil(max(len(real), len(fake)) / max_block_size), min(len(real), len(fake)) // 2))
     blocks_real = np.split(real, np.cumsum(_block_sizes(len(real), n_blocks))[:-1])
@@ -1439,8 +1332,7 @@ def kid_blocks(real, fake, max_block_size=10):
     return float(estimates.mean()), float(math.sqrt(estimates.var(ddof=1) / n_blocks))
 
 
-def _trace_sqrtm_product(cov1, cov2):
-    """trace(sqrtm(cov1 @ cov2)) for PSD matrices from the eigenvalues of cov1^1/2 cov2 cov1^1/2."""
+def _trace_sqrtm_product(cov1, cov2):  # tr sqrtm(cov1 cov2) of PSD matrices, from eig(cov1^1/2 cov2 cov1^1/2)
     eigvals, eigvecs = np.linalg.eigh(cov1)
     root1 = (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
     middle = root1 @ cov2 @ root1
@@ -1465,13 +1357,11 @@ def fid_from_features(real, fake, eps=1e-6):
 
 
 def _build_fid_inception():
-    """pytorch-fid's FID Inception without weights: torchvision's Inception-v3 (1008 classes) whose pool
-    branches pool the TF way, by two hooks: an average over valid pixels only, a max pool in Mixed_7c."""
+    """pytorch-fid's FID Inception, no weights: torchvision's Inception-v3 (1008 classes) pooling the TF way (hooks)."""
     def tf_pool(branch, _):  # the pool branch's input: the block's input pooled the TF way
         if branch.max_pool:
             return (F.max_pool2d(branch.block_input, 3, stride=1, padding=1),)
         return (F.avg_pool2d(branch.block_input, 3, stride=1, padding=1, count_include_pad=False),)
-
     net = tv_inception.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
     for name, block in net.named_children():
         if not isinstance(block, (tv_inception.InceptionA, tv_inception.InceptionC, tv_inception.InceptionE)):
@@ -1516,8 +1406,7 @@ def fid_weights_file(weights_path=None):
 
 
 def fid_inception(weights_path=None):
-    """(model, label): the FID Inception in eval mode, [-1, 1] batches of any size (resized to 299) ->
-    (N, 2048) pool3 features; weights from fid_weights_file(weights_path)."""
+    """(model, label): the FID Inception in eval mode, [-1, 1] images of any size -> (N, 2048) pool3 features."""
     fid_path = fid_weights_file(weights_path)
     net = _build_fid_inception()
     net.load_state_dict(torch.load(fid_path, map_location="cpu", weights_only=True))
@@ -1528,9 +1417,9 @@ def fid_inception(weights_path=None):
 
 @torch.no_grad()
 def extract_features(model, images_iter, device):
-    """`model`'s (N, D) features, float64 on the CPU, of batches of [-1, 1] images, with TF32 off (full float32
-    products, as the references) and each image first rounded to the 256 levels v of a saved PNG, which all the
-    references score, as torchvision's save_image rounds: v = floor((x + 1) / 2 * 255 + 0.5), x = v / 255 * 2 - 1."""
+    """`model`'s (N, D) float64 CPU features of batches of [-1, 1] images as the references compute them: TF32 off, each
+    image first rounded to the 256 levels v of a saved PNG, as torchvision's save_image rounds:
+    v = floor((x + 1) / 2 * 255 + 0.5), x = v / 255 * 2 - 1."""
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -1543,8 +1432,7 @@ def extract_features(model, images_iter, device):
     return torch.cat(features)
 
 
-def masked_psnr_l1(src, out, mask):
-    """PSNR (dB, at most 100) and L1 of out - src on the [0, 1] scale outside the mask, mean over images."""
+def masked_psnr_l1(src, out, mask):  # PSNR (dB, <= 100) and L1 of out - src outside the mask, [0, 1] scale, image mean
     outside = (mask < 0.5).double().expand_as(src)
     diff = (out.double() - src.double()) / 2  # ((out + 1) - (src + 1)) / 2: the [0, 1] scale
     n_pixels = outside.flatten(1).sum(1)
@@ -1567,17 +1455,15 @@ def attention_iou_pointing(attention, mask, threshold=0.5):
     return iou.mean().item(), target.gather(1, flat.argmax(1, keepdim=True)).double().mean().item()
 
 
-def _kid_fid(real, fake, prefix=""):
-    """KID x 100 (both estimators: mean and std / standard error) and, for Inception features, FID."""
+def _kid_fid(real, fake, prefix=""):  # KID x 100 (both estimators, with their spread); FID for Inception features
     out = {f"{prefix}kid_subsets_x100": [100 * v for v in kid_subsets(real, fake)],
            f"{prefix}kid_blocks_x100": [100 * v for v in kid_blocks(real, fake)]}
     return out if prefix else {**out, "fid": fid_from_features(real, fake)}
 
 
 class TranslationMetrics:
-    """--phase eval of a two-domain script: add() each direction's test batches and translations, add_real() the
-    target's, summary() (naming the weights `ckpt`). Toy data: the verdict of the judge cached in data_root, PSNR/L1
-    outside the mask, attention IoU/pointing, toy-KID; real data: KID and FID on FID Inception features."""
+    """--phase eval of two domains: add() a direction's test batch and its translations, add_real() the target's;
+    summary(). Toy: the judge's verdict, PSNR/L1 outside the mask, attention IoU/pointing, toy-KID; real: KID, FID."""
 
     def __init__(self, data, img_size, data_root, ckpt, device, inception_weights=None):
         self.device, self.toy = device, data in TOY_NAMES
@@ -1607,13 +1493,11 @@ class TranslationMetrics:
         part["n"] += len(x)
         part.setdefault("fake", []).append(self.features(out))
 
-    def add_real(self, direction, batch):
-        """A test batch of the target domain: the real images the translations are compared with."""
+    def add_real(self, direction, batch):  # a test batch of the target domain, which the translations are compared with
         self.parts.setdefault(direction, {"sums": {}, "n": 0}).setdefault("real", []).append(
             self.features(batch["image"].to(self.device)))
 
-    def summary(self):
-        """The results dict: one entry per direction."""
+    def summary(self):  # the results dict: an entry per direction
         for direction, part in self.parts.items():
             means = {k: v / part["n"] for k, v in part["sums"].items()}
             kid_fid = _kid_fid(torch.cat(part["real"]), torch.cat(part["fake"]), "toy_" if self.toy else "")
@@ -1622,10 +1506,9 @@ class TranslationMetrics:
 
 
 class AttributeMetrics:
-    """--phase eval of an attribute script: add() every single-attribute change of `test_set`, summary() (naming
-    the weights `ckpt`). toy-attr: the judge cached in data_root reads the target value (attribute_accuracy) and the
-    rest unchanged (kept_accuracy), PSNR/L1 outside the change's GT region, attention IoU/pointing, retrieval_top30
-    (of the 30 nearest train images in judge features one has all target labels). Real data: KID and FID."""
+    """--phase eval of attributes: add() each single-attribute change, summary(). toy-attr: the judge's attribute/kept
+    accuracy, PSNR/L1 outside the changed region, attention IoU/pointing, retrieval_top30 (one of the 30 nearest train
+    images in judge features has all target labels); else KID, FID."""
 
     def __init__(self, attrs, test_set, data, img_size, data_root, ckpt, device, workers=0, inception_weights=None):
         self.attrs = attrs
@@ -1643,8 +1526,7 @@ class AttributeMetrics:
         else:
             self.inception, self.results["inception"] = fid_inception(inception_weights)
             self.inception = self.inception.to(device)
-            images = (b["image"] for b in test_batches(test_set, workers))
-            self.real = extract_features(self.inception, images, device)
+            self.real = extract_features(self.inception, (b["image"] for b in test_batches(test_set, workers)), device)
 
     def add(self, batch, keep, group, value, target, out, attention):
         """The images `keep` of a test batch changed to `value` of `group` (target: the batch's targets)."""
@@ -1670,8 +1552,7 @@ class AttributeMetrics:
         for k, v in {"images": 1.0, **part}.items():
             self.sums[group][k] = self.sums[group].get(k, 0.0) + v * len(x)
 
-    def summary(self):
-        """The results dict: one entry per manipulated group and their mean."""
+    def summary(self):  # the results dict: an entry per manipulated group, and their mean
         per_group = {}
         for g in self.attrs.manipulated:
             n = self.sums[g].pop("images", 0)
@@ -1695,8 +1576,7 @@ METRIC_COLUMNS = [("success", "translation_success", "{:.0%}"), ("bg PSNR dB", "
 
 
 def write_metrics(out, results):
-    """<out>/metrics.json, and on the console a row per direction or attribute with docs/results.md's names and
-    order, each estimate with its spread (KID: ± std or standard error) where there is one."""
+    """<out>/metrics.json; on the console, docs/results.md's columns, with spreads (KID: ± std or standard error)."""
     make_folder(out)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
