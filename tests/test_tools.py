@@ -1,4 +1,4 @@
-"""docs/tools: the results tables and pictures (results.py) and the step profiler (profile_step.py)."""
+"""docs/tools: the results tables and pictures (results.py), the step profiler (profile_step.py), the CRC timing."""
 import json
 import os
 import sys
@@ -97,3 +97,12 @@ def test_check_tf_release_compares_a_converted_release_with_the_official_outputs
         differences = [float(word.rstrip(",")) for line in lines for word in line.split()
                        if word.rstrip(",").replace(".", "").replace("e-", "").isdigit()]
         assert differences and max(differences) < 1e-4, lines
+
+
+def test_crc_check_time_times_a_file_of_the_asked_size(capsys, monkeypatch):
+    import crc_check_time
+    monkeypatch.setattr(sys, "argv", ["crc_check_time.py", "--gib", "0.03125"])  # two tensors of 16 MiB
+    crc_check_time.main()
+    result = json.loads(capsys.readouterr().out)
+    assert result["file_gib"] == pytest.approx(0.031, abs=0.001)
+    assert all(result[k] > 0 for k in ("torch_load_s", "crc_check_s", "load_tensors_s"))
