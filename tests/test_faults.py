@@ -228,10 +228,11 @@ def test_ctrl_c_in_this_process_while_the_attribute_cnn_trains_saves_it_and_the_
         return forward(self, x)
 
     monkeypatch.setattr(amgan.AttributeCNN, "forward", interrupted_at_step_3)
+    handlers = [signal.getsignal(s) for s in common.STOP_SIGNALS]  # SIG_IGN for SIGINT in a background job
     r = run_main("amgan.py", *argv, "--cls_iters", "100")
     partial = tmp_path / "run" / "classifier.pt.partial"
     assert r.returncode == 130 and partial.exists() and "at step 3 is saved" in r.stderr, r.stderr
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [signal.getsignal(s) for s in common.STOP_SIGNALS] == handlers  # given back
     monkeypatch.setattr(amgan.AttributeCNN, "forward", forward)
     r = run_main("amgan.py", *argv, "--cls_iters", "5")
     assert r.returncode == 0 and "from step 3" in r.stdout, r.stderr
@@ -337,16 +338,23 @@ def test_a_second_training_in_a_locked_folder_exits_2_naming_the_first_and_a_dea
     assert f"process {os.getpid()} on" in (tmp_path / "run" / ".lock").read_text()
 
 
+def start_training(script, out, data_root, *flags, wait_for="log.csv", workers="0", **popen):
+    """A real training process of `script` (tiny networks, 100,000 steps, a log row per step) into the folder `out`,
+    returned once <out>/<wait_for> exists (log.csv: it trains) -> (process, its command without --iters)."""
+    argv = [sys.executable, os.path.join(ROOT, f"{script}.py"), "--out", str(out), "--data_root", data_root,
+            *TINY[script], "--workers", workers, "--log_every", "1", "--sample_every", "0"]
+    p = subprocess.Popen([*argv, "--iters", "100000", *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, **popen)
+    deadline = time.time() + 120
+    while not (out / wait_for).exists() and time.time() < deadline:
+        time.sleep(0.2)
+    return p, argv
+
+
 @pytest.mark.slow
 def test_two_real_trainings_started_into_one_folder_only_the_first_runs(tmp_path, data_root):
     out = tmp_path / "run"
-    argv = [sys.executable, os.path.join(ROOT, "ugatit.py"), "--out", str(out), "--data_root", data_root,
-            *TINY["ugatit"], "--workers", "0", "--log_every", "1", "--sample_every", "0"]
-    first = subprocess.Popen([*argv, "--iters", "100000", "--save_every", "5"], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "ckpt.pt").exists() and time.time() < deadline:  # it trains and has saved once
-        time.sleep(0.2)
+    first, argv = start_training("ugatit", out, data_root, "--save_every", "5", wait_for="ckpt.pt")  # it has saved
     second = subprocess.run([*argv, "--iters", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     resumed = subprocess.run([*argv, "--iters", "3", "--resume"], cwd=ROOT, capture_output=True, text=True,
                              timeout=120)
@@ -372,11 +380,12 @@ def test_sigterm_in_this_process_saves_a_checkpoint_and_exits_143(tmp_path, data
         return train_step(*args, **kwargs)
 
     monkeypatch.setattr(uag, "train_step", terminated_at_step_3)
+    handlers = [signal.getsignal(s) for s in common.STOP_SIGNALS]
     r = run_main("uag.py", "--iters", "100", "--out", out, "--data_root", data_root, *TINY["uag"], *QUIET,
                  "--save_every", "100")
     assert r.returncode == 143 and "checkpoint at step 3" in r.stderr and "--resume" in r.stderr, r.stderr
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 3
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert [signal.getsignal(s) for s in common.STOP_SIGNALS] == handlers
     monkeypatch.setattr(uag, "train_step", train_step)
     r = run_main("uag.py", "--out", out, "--resume", "--iters", "5", "--data_root", data_root, "--workers", "0")
     assert r.returncode == 0 and torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"] == 5
@@ -388,13 +397,8 @@ def test_a_signal_to_every_process_of_a_run_with_workers_saves_and_exits(tmp_pat
     """Ctrl-C in a terminal, or SIGTERM from SLURM, reaches the DataLoader workers too; they ignore it, the main
     process finishes its step, saves and stops them: the exit code of the signal, a checkpoint, no traceback."""
     out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "attentiongan.py"), "--iters", "100000", "--out", str(out),
-                          "--data_root", data_root, *TINY["attentiongan"], "--workers", "2", "--log_every", "1",
-                          "--sample_every", "0", "--save_every", "100000"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (out / "log.csv").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    p, _ = start_training("attentiongan", out, data_root, "--save_every", "100000", workers="2",
+                          start_new_session=True)  # its own process group
     time.sleep(np.random.default_rng().uniform(0, 1))  # anywhere in a step
     os.killpg(p.pid, signum)  # the whole process group, as a terminal or a scheduler does
     _, err = p.communicate(timeout=120)
@@ -405,13 +409,7 @@ def test_a_signal_to_every_process_of_a_run_with_workers_saves_and_exits(tmp_pat
 @pytest.mark.slow
 def test_sigterm_to_a_real_training_saves_a_checkpoint_that_resumes(tmp_path, data_root):
     out = tmp_path / "run"
-    argv = [sys.executable, os.path.join(ROOT, "camconsistency.py"), "--out", str(out), "--data_root", data_root,
-            *TINY["camconsistency"], "--workers", "0", "--log_every", "1", "--sample_every", "0"]
-    p = subprocess.Popen([*argv, "--iters", "100000", "--save_every", "10000"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "log.csv").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    p, argv = start_training("camconsistency", out, data_root, "--save_every", "10000")
     p.terminate()  # SIGTERM
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143 and "continue with --resume" in err and "Traceback" not in err, err
