@@ -892,7 +892,7 @@ def main(argv=None):
     else:
         attrs, train_set = common.attribute_data(args.data, args.data_root, args.img_size, args.attrs, "train")
     if args.phase == "classifier":
-        os.makedirs(args.out, exist_ok=True)
+        common.lock_run_folder(common.make_folder(args.out))  # one training at a time in --out
         train_classifier(args, attrs, train_set, common.pick_device(args.device))
         return
     dist_ = common.Dist(args.device)  # torchrun's process group (a single process without torchrun)

@@ -561,3 +561,15 @@ def test_resuming_from_an_export_says_it_is_one(tmp_path, trained):
                  os.path.join(out, "export", "generators.pt"), "--iters", "4", "--workers", "0")
     assert r.returncode == 2 and "is an export" in r.stderr and os.path.join(out, "ckpt.pt") in r.stderr, r.stderr
     assert "network flags" not in r.stderr
+
+
+def test_the_attribute_cnn_does_not_train_into_a_locked_folder(tmp_path, data_root):
+    holder = hold_lock(tmp_path / "run")
+    try:
+        r = run_main("amgan.py", "--phase", "classifier", "--out", str(tmp_path / "run"), "--data_root", data_root,
+                     "--img_size", "32", "--cls_iters", "2", "--workers", "0")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and f"process {holder.pid} on" in r.stderr, r.stderr
+    assert os.listdir(tmp_path / "run") == [".lock"]
