@@ -973,7 +973,7 @@ def lock_run_folder(out):
     Unix and msvcrt on Windows are imported here: neither exists on the other."""
     if os.path.realpath(out) in _locks:
         return
-    f = open(os.path.join(out, ".lock"), "a+")
+    f = open(os.path.join(out, ".lock"), "a+b")
     try:
         if os.name == "nt":
             import msvcrt
@@ -982,16 +982,19 @@ def lock_run_folder(out):
         else:
             import fcntl
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):  # a disk without locks
+            warnings.warn(f"cannot lock {f.name} ({e.strerror}): nothing keeps a second training out of {out}")
+            return
         f.seek(0)
-        holder = f.read().strip() or "a process that has not written its name yet"
+        holder = f.read().decode(errors="replace").strip() or "a process that has not written its name yet"
         f.close()
         raise UserError(f"{out} is in use by a training that is still running: {holder}. Wait for it to end, stop it "
                         f"(Ctrl-C or SIGTERM saves a checkpoint; then --resume), or choose another --out.") from None
     f.seek(0)
     f.truncate()
     f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-            f"{' '.join(sys.argv)}\n")
+            f"{' '.join(sys.argv)}\n".encode())
     f.flush()
     _locks[os.path.realpath(out)] = f
 

@@ -573,3 +573,14 @@ def test_the_attribute_cnn_does_not_train_into_a_locked_folder(tmp_path, data_ro
         holder.wait()
     assert r.returncode == 2 and f"process {holder.pid} on" in r.stderr, r.stderr
     assert os.listdir(tmp_path / "run") == [".lock"]
+
+
+def test_a_disk_without_file_locks_warns_and_trains(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")  # Unix
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock .*No locks available.*nothing keeps a second training out"):
+        common.lock_run_folder(str(tmp_path))
+    assert str(tmp_path) not in common._locks
