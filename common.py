@@ -1,11 +1,11 @@
 """Plumbing shared by the five paper scripts, which a reader can skip: all that a paper is about (networks,
 losses, the training step and loop, pictures) is in its script. Nouns, never a flow that calls back:
- 1. Flags ............ UserError, cli, HelpFormatter, add_common_flags, parse_args (presets)
+ 1. Flags ............ UserError, cli (exit codes), HelpFormatter, add_common_flags, parse_args (presets)
  2. Device and seed .. seed_everything, pick_device, autocast, to_device, adam, linear_decay, Dist
  3. Data ............. image folders (ImageFiles, domain_images, train_batches, test_batches, input_images,
                        download_dataset), attribute data (AttributeSet, CelebA, labels.csv), the toy datasets
  4. Shared blocks .... lsgan, init_normal
- 5. Checkpoint, log .. save_checkpoint, read_checkpoint, load_checkpoint, prepare_out, RunLog (Ctrl-C), Bench
+ 5. Checkpoint, log .. save_checkpoint, load_checkpoint (CRCs checked), prepare_out (lock), RunLog (SIGTERM), Bench
  6. Pictures ......... heat_overlay, grey, save_grid, save_pictures, write_index_html
  7. Evaluation ....... the toy judge, KID, FID and its Inception, TranslationMetrics, AttributeMetrics, write_metrics
 """
