@@ -22,6 +22,9 @@ import uag
 import ugatit
 from conftest import QUIET, ROOT, TINY, copy_run, run_main
 
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import export as export_tool  # noqa: E402
+
 MODULES = {"ugatit": ugatit, "attentiongan": attentiongan, "uag": uag, "camconsistency": camconsistency,
            "amgan": amgan}
 SCRIPTS = list(TINY)
@@ -536,8 +539,6 @@ def test_a_full_disk_during_the_test_phase_exits_2_naming_the_file(tmp_path, tra
 
 
 def test_an_export_into_a_read_only_folder_exits_2_and_keeps_the_earlier_export(tmp_path, trained, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import export as export_tool
     out = copy_run(trained("ugatit"), tmp_path / "run")
     export_tool.export("ugatit", out)
     before = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "export", "*"))}
@@ -553,8 +554,6 @@ def test_an_export_into_a_read_only_folder_exits_2_and_keeps_the_earlier_export(
 
 
 def test_resuming_from_an_export_says_it_is_one(tmp_path, trained):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import export as export_tool
     out = copy_run(trained("ugatit"), tmp_path / "run")
     export_tool.export("ugatit", out)
     r = run_main("ugatit.py", "--out", str(tmp_path / "more"), "--resume", "--ckpt",
